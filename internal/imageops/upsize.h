@@ -1,0 +1,36 @@
+#ifndef UPSIZE_IMAGEOPS_H
+#define UPSIZE_IMAGEOPS_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+/* Formats, in step with imageops.go. */
+enum { UP_JPEG = 1, UP_PNG = 2, UP_WEBP = 3 };
+
+typedef struct {
+	int scale;
+	int interp; /* 0 nearest (zoom), 1 bilinear, 2 bicubic, 3 nohalo, 4 lbb, 5 vsqbs */
+	int format;
+	int jpeg_q;
+	int png_level;
+	int png_adaptive;
+	int webp_q;
+	int webp_effort;
+	int strip;
+	/* Set to non-zero from Go to abort the running evaluation. Read in libvips' eval callback. */
+	volatile int *kill;
+	/* cgo.Handle of the Go io.Writer the encoder streams into. */
+	uintptr_t sink;
+} up_params;
+
+/* up_init bounds malloc arenas and turns libvips' operation cache off. */
+void up_init(int vips_concurrency);
+
+/* up_upsize runs the whole pipeline. Returns 0 on success; on failure -1 and *err holds a message
+ * the caller must free(). */
+int up_upsize(const void *buf, size_t len, const up_params *p, int *out_w, int *out_h, char **err);
+
+/* up_validate decodes every pixel (sequentially, failing on any decode error). */
+int up_validate(const void *buf, size_t len, char **err);
+
+#endif
