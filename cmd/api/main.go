@@ -1,0 +1,133 @@
+// Command api is the HTTP front door: it admits upsizes, enqueues their tasks and waits for outcomes.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"upsize/internal/blob"
+	"upsize/internal/cancel"
+	"upsize/internal/config"
+	"upsize/internal/httpapi"
+	"upsize/internal/imageops"
+	"upsize/internal/jobs"
+	"upsize/internal/obs"
+	"upsize/internal/redisconn"
+	"upsize/internal/store"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args, os.Getenv, os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "api:", err)
+		os.Exit(1)
+	}
+}
+
+// run serves until ctx is done, then drains: readiness turns 503 at once, requests keep being served for
+// DRAIN_DELAY (so load balancers stop sending), waiting upsizes answer 202 before DRAIN_TIMEOUT runs out,
+// and the server stops. listening, when not nil, receives the bound address (tests listen on :0).
+func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.Writer, listening ...chan<- string) error {
+	cfg, err := config.Load("api", getenv)
+	if err != nil {
+		return err
+	}
+	log := obs.NewLogger(stdout, cfg.LogLevel, "api")
+	imageops.Init(cfg.VipsConcurrency)
+
+	// Each waiting upsize holds no connection (one pub/sub connection serves them all), so the pool is
+	// for short commands; it is sized for bursts of admissions.
+	pool := cfg.RedisPoolSize
+	if pool == 0 {
+		pool = 256
+	}
+	rdb, err := redisconn.Open(cfg.RedisURL, pool)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+	blobs, err := blob.NewFS(cfg.BlobDir)
+	if err != nil {
+		return err
+	}
+	st := store.New(rdb, store.DefaultKeys)
+	reg := cancel.NewRegistry(rdb, store.DefaultKeys, cfg.RequestTTL)
+	hub := cancel.NewHub(rdb, reg)
+	hubCtx, stopHub := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopHub()
+	go func() {
+		if err := hub.Run(hubCtx); err != nil {
+			log.Error("outcome subscription ended", "err", err)
+		}
+	}()
+
+	reg2 := obs.NewRegistry()
+	var draining atomic.Bool
+	stopWaiting := make(chan struct{})
+	deps := &httpapi.Deps{
+		Log: log, Store: st, Registry: reg, Hub: hub, Queue: jobs.NewQueue(rdb), Blobs: blobs,
+		Limits: httpapi.Limits{
+			MaxUploadBytes: cfg.MaxUploadBytes, MaxInputPixels: cfg.MaxInputPixels, MaxOutputPixels: cfg.MaxOutputPixels,
+			QueueMaxBacklog: cfg.QueueMaxBacklog, WaitTimeout: cfg.UpsizeWaitTimeout,
+		},
+		AdminToken: cfg.AdminToken,
+		Ready: func(ctx context.Context) error {
+			if draining.Load() {
+				return errors.New("draining")
+			}
+			select {
+			case <-hub.Ready():
+			default:
+				return errors.New("not yet subscribed to outcomes")
+			}
+			return rdb.Ping(ctx).Err()
+		},
+		StopWaiting: stopWaiting,
+		Metrics:     obs.Handler(reg2),
+	}
+	srv := &http.Server{
+		Handler:           httpapi.NewHandler(deps),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       120 * time.Second,
+	}
+	ln, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		return err
+	}
+	log.Info("listening", "addr", ln.Addr().String(), "redis", redisconn.Redact(cfg.RedisURL), "blob_dir", cfg.BlobDir,
+		"admin_api", cfg.AdminToken != "")
+	for _, c := range listening {
+		c <- ln.Addr().String()
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+
+	select {
+	case err := <-served:
+		return err
+	case <-ctx.Done():
+	}
+	log.Info("draining", "delay", cfg.DrainDelay, "timeout", cfg.DrainTimeout)
+	draining.Store(true)
+	time.Sleep(cfg.DrainDelay)
+	// Waiting upsizes answer 202 a little before the deadline, so that their answer is written in time.
+	giveUp := time.AfterFunc(cfg.DrainTimeout*8/10, func() { close(stopWaiting) })
+	defer giveUp.Stop()
+	sctx, cancelShutdown := context.WithTimeout(context.Background(), cfg.DrainTimeout)
+	defer cancelShutdown()
+	if err := srv.Shutdown(sctx); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	log.Info("stopped")
+	return nil
+}

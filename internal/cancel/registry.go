@@ -1,0 +1,276 @@
+// Package cancel is the registry of upsize requests: one Redis hash per (user, request id) holding the
+// request's state, and the only place where a request's outcome is decided.
+//
+// Every transition is one Lua script, so admission (credit reservation), start, completion, failure and
+// cancel are atomic with respect to each other: a request id ends completed, canceled or failed exactly
+// once, credits are refunded exactly when it does not complete, and whoever loses a race reads the
+// winner's outcome. Outcomes are announced on a pub/sub channel that wakes the waiting API requests
+// (Hub); cancels of running work reach the workers on another (Running).
+package cancel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"upsize/internal/store"
+)
+
+// State is where a request is in its life.
+type State string
+
+const (
+	Queued    State = "queued"
+	Running   State = "running"
+	Completed State = "completed"
+	Canceled  State = "canceled"
+	Failed    State = "failed"
+)
+
+// Terminal reports whether the state is an outcome.
+func (s State) Terminal() bool { return s == Completed || s == Canceled || s == Failed }
+
+// Request is one user's upsize request.
+type Request struct {
+	UserID    int64
+	ID        string
+	State     State
+	Tombstone bool   // canceled before it arrived: no upsize was ever admitted for it
+	ImageID   int64  // source image
+	Scale     string // "2x", "4x", "8x"
+	Model     string
+	Cost      int64
+	ResultID  int64 // id the result image gets when it completes
+	Queue     string
+	TaskID    string
+	ErrCode   int    // failed only
+	ErrData   string // failed only
+	Attempts  int
+	Created   time.Time
+	Started   time.Time
+	Finished  time.Time
+}
+
+// Registry reads and changes request states.
+type Registry struct {
+	rdb  redis.UniversalClient
+	keys store.Keys
+	ttl  time.Duration
+}
+
+// NewRegistry keeps request states and tombstones for ttl (REQUEST_TTL).
+func NewRegistry(rdb redis.UniversalClient, keys store.Keys, ttl time.Duration) *Registry {
+	return &Registry{rdb: rdb, keys: keys, ttl: ttl}
+}
+
+// signal is the pub/sub message naming a request: the user id has no ':', so the first one splits.
+func signal(userID int64, requestID string) string {
+	return strconv.FormatInt(userID, 10) + ":" + requestID
+}
+
+func nowMS() string { return strconv.FormatInt(time.Now().UnixMilli(), 10) }
+
+// ErrNotFound: no request with that id for that user.
+var ErrNotFound = errors.New("cancel: no such request")
+
+// Get reads a request.
+func (r *Registry) Get(ctx context.Context, userID int64, requestID string) (Request, error) {
+	m, err := r.rdb.HGetAll(ctx, r.keys.Request(userID, requestID)).Result()
+	if err != nil {
+		return Request{}, err
+	}
+	if len(m) == 0 {
+		return Request{}, ErrNotFound
+	}
+	return fromHash(userID, requestID, m), nil
+}
+
+func fromHash(userID int64, requestID string, m map[string]string) Request {
+	i64 := func(k string) int64 { n, _ := strconv.ParseInt(m[k], 10, 64); return n }
+	ms := func(k string) time.Time {
+		if n := i64(k); n > 0 {
+			return time.UnixMilli(n)
+		}
+		return time.Time{}
+	}
+	return Request{
+		UserID: userID, ID: requestID, State: State(m["state"]), Tombstone: m["tombstone"] == "1",
+		ImageID: i64("image"), Scale: m["scale"], Model: m["model"], Cost: i64("cost"), ResultID: i64("result"),
+		Queue: m["queue"], TaskID: m["task"], ErrCode: int(i64("code")), ErrData: m["data"], Attempts: int(i64("attempts")),
+		Created: ms("created"), Started: ms("started"), Finished: ms("finished"),
+	}
+}
+
+// hashResult turns a script's flat HGETALL reply into a map.
+func hashResult(v any) map[string]string {
+	arr, _ := v.([]any)
+	m := make(map[string]string, len(arr)/2)
+	for i := 0; i+1 < len(arr); i += 2 {
+		k, _ := arr[i].(string)
+		val, _ := arr[i+1].(string)
+		m[k] = val
+	}
+	return m
+}
+
+// Admission is what an upsize that passed every rule asks to reserve.
+type Admission struct {
+	UserID    int64
+	RequestID string
+	ImageID   int64
+	Scale     string
+	Model     string
+	Cost      int64
+	Queue     string
+	TaskID    string
+}
+
+// AdmitResult says what Admit did.
+type AdmitResult struct {
+	Admitted bool
+	Request  Request // the new request, or the one that already had this id
+	Exists   bool    // the id was taken meanwhile (by a concurrent upsize or a cancel): apply rule 3 to Request
+	NoCredit bool
+}
+
+// admit reserves the cost and creates the request, unless the id already exists or credits are short.
+// KEYS: request, user, image sequence. ARGV: cost, ttl ms, image, scale, model, queue, task, now.
+var admit = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return {'exists', redis.call('HGETALL', KEYS[1])}
+end
+local credits = tonumber(redis.call('HGET', KEYS[2], 'credits'))
+local cost = tonumber(ARGV[1])
+if credits == nil or credits < cost then
+  return {'nocredit', {}}
+end
+redis.call('HINCRBY', KEYS[2], 'credits', -cost)
+local result = redis.call('INCR', KEYS[3])
+redis.call('HSET', KEYS[1], 'state', 'queued', 'image', ARGV[3], 'scale', ARGV[4], 'model', ARGV[5],
+  'cost', cost, 'result', result, 'queue', ARGV[6], 'task', ARGV[7], 'created', ARGV[8])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return {'ok', redis.call('HGETALL', KEYS[1])}`)
+
+// Admit is rule 14: reserve the cost and record the request as queued, atomically.
+func (r *Registry) Admit(ctx context.Context, a Admission) (AdmitResult, error) {
+	v, err := admit.Run(ctx, r.rdb,
+		[]string{r.keys.Request(a.UserID, a.RequestID), r.keys.User(a.UserID), r.keys.ImageSeq()},
+		a.Cost, r.ttl.Milliseconds(), a.ImageID, a.Scale, a.Model, a.Queue, a.TaskID, nowMS()).Slice()
+	if err != nil {
+		return AdmitResult{}, err
+	}
+	verdict, _ := v[0].(string)
+	req := fromHash(a.UserID, a.RequestID, hashResult(v[1]))
+	switch verdict {
+	case "ok":
+		return AdmitResult{Admitted: true, Request: req}, nil
+	case "exists":
+		return AdmitResult{Exists: true, Request: req}, nil
+	case "nocredit":
+		return AdmitResult{NoCredit: true}, nil
+	}
+	return AdmitResult{}, fmt.Errorf("cancel: admit answered %q", verdict)
+}
+
+// start moves a queued (or, after a crash, running) request to running.
+// KEYS: request. ARGV: now.
+var start = redis.NewScript(`
+local st = redis.call('HGET', KEYS[1], 'state')
+if st == 'queued' or st == 'running' then
+  redis.call('HSET', KEYS[1], 'state', 'running', 'started', ARGV[1])
+  redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+end
+return redis.call('HGETALL', KEYS[1])`)
+
+// Start marks the request running. run is false when it must not run: canceled, already finished, or
+// gone (expired).
+func (r *Registry) Start(ctx context.Context, userID int64, requestID string) (req Request, run bool, err error) {
+	v, err := start.Run(ctx, r.rdb, []string{r.keys.Request(userID, requestID)}, nowMS()).Result()
+	if err != nil {
+		return Request{}, false, err
+	}
+	m := hashResult(v)
+	if len(m) == 0 {
+		return Request{}, false, ErrNotFound
+	}
+	req = fromHash(userID, requestID, m)
+	return req, req.State == Running, nil
+}
+
+// complete records the result image and the completed state, unless the request already ended.
+// KEYS: request, result image. ARGV: events channel, message, now, then the image's hash fields.
+var complete = redis.NewScript(`
+local st = redis.call('HGET', KEYS[1], 'state')
+if st ~= 'queued' and st ~= 'running' then return st or 'missing' end
+redis.call('HSET', KEYS[2], unpack(ARGV, 4))
+redis.call('HSET', KEYS[1], 'state', 'completed', 'finished', ARGV[3])
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return 'completed'`)
+
+// Complete is the worker's side of the race with cancel. It returns Completed when the result image is
+// now visible, or the state that won (Canceled, Failed): the caller must then delete the result's bytes.
+func (r *Registry) Complete(ctx context.Context, req Request, img store.Image) (State, error) {
+	args := append([]any{r.keys.Events(), signal(req.UserID, req.ID), nowMS()}, img.Fields()...)
+	st, err := complete.Run(ctx, r.rdb, []string{r.keys.Request(req.UserID, req.ID), r.keys.Image(img.ID)}, args...).Text()
+	return State(st), err
+}
+
+// fail records a failure and refunds the reservation, unless the request already ended.
+// KEYS: request, user. ARGV: events channel, message, now, code, data.
+var fail = redis.NewScript(`
+local st = redis.call('HGET', KEYS[1], 'state')
+if st ~= 'queued' and st ~= 'running' then return st or 'missing' end
+redis.call('HINCRBY', KEYS[2], 'credits', tonumber(redis.call('HGET', KEYS[1], 'cost')) or 0)
+redis.call('HSET', KEYS[1], 'state', 'failed', 'code', ARGV[4], 'data', ARGV[5], 'finished', ARGV[3])
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return 'failed'`)
+
+// Fail ends the request with an error envelope (code, data) and refunds it. It returns Failed, or the
+// state that had already won.
+func (r *Registry) Fail(ctx context.Context, userID int64, requestID string, code int, data string) (State, error) {
+	st, err := fail.Run(ctx, r.rdb, []string{r.keys.Request(userID, requestID), r.keys.User(userID)},
+		r.keys.Events(), signal(userID, requestID), nowMS(), code, data).Text()
+	return State(st), err
+}
+
+// cancelScript cancels a pending request (refunding it), or leaves a tombstone for an id not seen yet.
+// KEYS: request, user. ARGV: events channel, cancels channel, message, now, ttl ms.
+var cancelScript = redis.NewScript(`
+local st = redis.call('HGET', KEYS[1], 'state')
+if not st then
+  redis.call('HSET', KEYS[1], 'state', 'canceled', 'tombstone', '1', 'created', ARGV[4], 'finished', ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+elseif st == 'queued' or st == 'running' then
+  redis.call('HINCRBY', KEYS[2], 'credits', tonumber(redis.call('HGET', KEYS[1], 'cost')) or 0)
+  redis.call('HSET', KEYS[1], 'state', 'canceled', 'finished', ARGV[4])
+  redis.call('PUBLISH', ARGV[1], ARGV[3])
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+end
+return {redis.call('HGET', KEYS[1], 'state'), st or 'none', redis.call('HGETALL', KEYS[1])}`)
+
+// CancelResult says what Cancel found and did.
+type CancelResult struct {
+	State   State   // the request's state now: Canceled, or Completed/Failed when cancel came too late
+	Was     State   // the state before: "" for an id not seen yet (a tombstone was left)
+	Request Request // the request as it is now
+}
+
+// Cancel cancels the user's request id: a queued or running request is canceled and refunded (the
+// workers are told), an unknown id gets a tombstone, and a finished request is left as it is.
+func (r *Registry) Cancel(ctx context.Context, userID int64, requestID string) (CancelResult, error) {
+	v, err := cancelScript.Run(ctx, r.rdb, []string{r.keys.Request(userID, requestID), r.keys.User(userID)},
+		r.keys.Events(), r.keys.Cancels(), signal(userID, requestID), nowMS(), r.ttl.Milliseconds()).Slice()
+	if err != nil {
+		return CancelResult{}, err
+	}
+	now, _ := v[0].(string)
+	was, _ := v[1].(string)
+	if was == "none" {
+		was = ""
+	}
+	return CancelResult{State: State(now), Was: State(was), Request: fromHash(userID, requestID, hashResult(v[2]))}, nil
+}

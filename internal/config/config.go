@@ -1,0 +1,121 @@
+// Package config reads the service's settings from environment variables. Every setting has a default
+// that works on one machine; SPEC.md names the shared ones.
+package config
+
+import (
+	"fmt"
+	"runtime"
+	"strconv"
+	"time"
+)
+
+// Config is the settings of the API and the worker.
+type Config struct {
+	RedisURL      string
+	RedisPoolSize int // connections per process; 0 lets go-redis choose (10 per CPU)
+	HTTPAddr      string
+	AdminToken    string
+	BlobDir       string
+
+	WorkerConcurrency  int
+	WorkerPollInterval time.Duration // how often an idle worker asks Redis for a task
+	VipsConcurrency    int           // threads one libvips evaluation may use
+	ShutdownTimeout    time.Duration // worker: how long in-flight tasks may finish on SIGTERM
+
+	UpsizeWaitTimeout time.Duration
+	MaxInputPixels    int64
+	MaxOutputPixels   int64
+	QueueMaxBacklog   int64
+	MaxUploadBytes    int64
+	RequestTTL        time.Duration
+
+	// DrainDelay is how long the API keeps serving after SIGTERM with readiness already 503, so that
+	// load balancers stop sending first; DrainTimeout then bounds how long waiting requests may finish.
+	DrainDelay   time.Duration
+	DrainTimeout time.Duration
+	LogLevel     string
+}
+
+// Load reads the configuration. role is "api" or "worker": they differ only in the default HTTPAddr.
+func Load(role string, getenv func(string) string) (Config, error) {
+	r := reader{getenv: getenv}
+	addr := ":8080"
+	if role == "worker" {
+		addr = ":9090"
+	}
+	c := Config{
+		RedisURL:           r.str("REDIS_URL", "redis://127.0.0.1:6379/0"),
+		RedisPoolSize:      int(r.int("REDIS_POOL_SIZE", 0, 0)),
+		HTTPAddr:           r.str("HTTP_ADDR", addr),
+		AdminToken:         getenv("ADMIN_TOKEN"),
+		BlobDir:            r.str("BLOB_DIR", "./var/blobs"),
+		WorkerConcurrency:  int(r.int("WORKER_CONCURRENCY", int64(runtime.NumCPU()), 1)),
+		WorkerPollInterval: r.dur("WORKER_POLL_INTERVAL", 4*time.Millisecond),
+		VipsConcurrency:    int(r.int("VIPS_CONCURRENCY", 0, 0)),
+		ShutdownTimeout:    r.dur("SHUTDOWN_TIMEOUT", 50*time.Second),
+		UpsizeWaitTimeout:  r.dur("UPSIZE_WAIT_TIMEOUT", 60*time.Second),
+		MaxInputPixels:     r.int("MAX_INPUT_PIXELS", 50_000_000, 1),
+		MaxOutputPixels:    r.int("MAX_OUTPUT_PIXELS", 100_000_000, 1),
+		QueueMaxBacklog:    r.int("QUEUE_MAX_BACKLOG", 10_000, 0),
+		MaxUploadBytes:     r.int("MAX_UPLOAD_BYTES", 32<<20, 1),
+		RequestTTL:         r.dur("REQUEST_TTL", 24*time.Hour),
+		DrainDelay:         r.dur("DRAIN_DELAY", 0),
+		DrainTimeout:       r.dur("DRAIN_TIMEOUT", 25*time.Second),
+		LogLevel:           r.str("LOG_LEVEL", "info"),
+	}
+	if r.err != nil {
+		return Config{}, r.err
+	}
+	if c.WorkerPollInterval < time.Millisecond {
+		return Config{}, fmt.Errorf("WORKER_POLL_INTERVAL %s: must be at least 1ms", c.WorkerPollInterval)
+	}
+	if c.RequestTTL < time.Minute {
+		return Config{}, fmt.Errorf("REQUEST_TTL %s: must be at least 1m", c.RequestTTL)
+	}
+	return c, nil
+}
+
+// reader collects the first parse error so Load reads like a table.
+type reader struct {
+	getenv func(string) string
+	err    error
+}
+
+func (r *reader) str(name, def string) string {
+	if v := r.getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+func (r *reader) int(name string, def, min int64) int64 {
+	v := r.getenv(name)
+	if v == "" {
+		return def
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < min {
+		r.fail(fmt.Errorf("%s=%q: want an integer ≥ %d", name, v, min))
+		return def
+	}
+	return n
+}
+
+func (r *reader) dur(name string, def time.Duration) time.Duration {
+	v := r.getenv(name)
+	if v == "" {
+		return def
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 {
+		r.fail(fmt.Errorf("%s=%q: want a duration such as 60s", name, v))
+		return def
+	}
+	return d
+}
+
+func (r *reader) fail(err error) {
+	if r.err == nil {
+		r.err = err
+	}
+}

@@ -1,0 +1,269 @@
+package httpapi
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/gin-gonic/gin"
+
+	"upsize/internal/store"
+)
+
+const maxAdminBody = 64 << 10
+
+// jsonFields reads a JSON object body (an empty body is an empty object). Values stay raw so that each
+// field's type is checked by name and a bad one is named in invalid_field (name).
+func jsonFields(c *gin.Context) (map[string]json.RawMessage, bool) {
+	body, ok := readBody(c, maxAdminBody)
+	if !ok {
+		return nil, false
+	}
+	m := map[string]json.RawMessage{}
+	if len(bytes.TrimSpace(body)) == 0 {
+		return m, true
+	}
+	if err := json.Unmarshal(body, &m); err != nil || m == nil {
+		fail(c, http.StatusBadRequest, reasonInvalidField("body"))
+		return nil, false
+	}
+	return m, true
+}
+
+func oneOf(raw json.RawMessage, allowed ...string) (string, bool) {
+	var s string
+	if json.Unmarshal(raw, &s) != nil {
+		return "", false
+	}
+	for _, a := range allowed {
+		if s == a {
+			return s, true
+		}
+	}
+	return "", false
+}
+
+// nonNegativeInt accepts a JSON integer literal ≥ 0 (not 1.5, not "1").
+func nonNegativeInt(raw json.RawMessage) (int64, bool) {
+	n, err := strconv.ParseInt(string(bytes.TrimSpace(raw)), 10, 64)
+	return n, err == nil && n >= 0
+}
+
+// userPatch validates the user fields present in m, in a fixed order.
+func userPatch(c *gin.Context, m map[string]json.RawMessage) (store.UserPatch, bool) {
+	var p store.UserPatch
+	if raw, ok := m["plan"]; ok {
+		v, ok := oneOf(raw, store.PlanFree, store.PlanPaid)
+		if !ok {
+			fail(c, http.StatusBadRequest, reasonInvalidField("plan"))
+			return p, false
+		}
+		p.Plan = &v
+	}
+	if raw, ok := m["premium"]; ok {
+		var v bool
+		if json.Unmarshal(raw, &v) != nil || string(raw) == "null" {
+			fail(c, http.StatusBadRequest, reasonInvalidField("premium"))
+			return p, false
+		}
+		p.Premium = &v
+	}
+	if raw, ok := m["billing"]; ok {
+		v, ok := oneOf(raw, store.BillingOK, store.BillingFailed)
+		if !ok {
+			fail(c, http.StatusBadRequest, reasonInvalidField("billing"))
+			return p, false
+		}
+		p.Billing = &v
+	}
+	if raw, ok := m["credits"]; ok {
+		v, ok := nonNegativeInt(raw)
+		if !ok {
+			fail(c, http.StatusBadRequest, reasonInvalidField("credits"))
+			return p, false
+		}
+		p.Credits = &v
+	}
+	return p, true
+}
+
+func handleCreateUser(s *store.Store) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		m, ok := jsonFields(c)
+		if !ok {
+			return
+		}
+		p, ok := userPatch(c, m)
+		if !ok {
+			return
+		}
+		u, err := s.CreateUser(c.Request.Context(), p)
+		if err != nil {
+			unavailable(c, reasonServiceUnavailable, err)
+			return
+		}
+		c.JSON(http.StatusCreated, gin.H{"user": u})
+	}
+}
+
+// pathUser parses the :id of an admin user route; an id that is not a number is an unknown user.
+func pathUser(c *gin.Context) (int64, bool) {
+	raw := c.Param("id")
+	id, ok := parseID(raw)
+	if !ok {
+		fail(c, http.StatusNotFound, reasonNoUser(raw))
+	}
+	return id, ok
+}
+
+// userResult answers the user, or its absence.
+func userResult(c *gin.Context, u store.User, err error, status int) {
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		fail(c, http.StatusNotFound, reasonNoUser(c.Param("id")))
+	case err != nil:
+		unavailable(c, reasonServiceUnavailable, err)
+	default:
+		c.JSON(status, gin.H{"user": u})
+	}
+}
+
+func handleGetUser(s *store.Store) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		if id, ok := pathUser(c); ok {
+			u, err := s.GetUser(c.Request.Context(), id)
+			userResult(c, u, err, http.StatusOK)
+		}
+	}
+}
+
+func handlePatchUser(s *store.Store) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		id, ok := pathUser(c)
+		if !ok {
+			return
+		}
+		m, ok := jsonFields(c)
+		if !ok {
+			return
+		}
+		p, ok := userPatch(c, m)
+		if !ok {
+			return
+		}
+		u, err := s.PatchUser(c.Request.Context(), id, p)
+		userResult(c, u, err, http.StatusOK)
+	}
+}
+
+func handleCreateAPIKey(s *store.Store) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		id, ok := pathUser(c)
+		if !ok {
+			return
+		}
+		m, ok := jsonFields(c)
+		if !ok {
+			return
+		}
+		var exp *time.Time
+		if raw, ok := m["expiresAt"]; ok && string(raw) != "null" {
+			var v string
+			t, err := time.Time{}, json.Unmarshal(raw, &v)
+			if err == nil {
+				t, err = time.Parse(time.RFC3339, v)
+			}
+			if err != nil {
+				fail(c, http.StatusBadRequest, reasonInvalidField("expiresAt"))
+				return
+			}
+			exp = &t
+		}
+		k, err := s.CreateAPIKey(c.Request.Context(), id, exp)
+		if errors.Is(err, store.ErrNotFound) {
+			fail(c, http.StatusNotFound, reasonNoUser(c.Param("id")))
+			return
+		} else if err != nil {
+			unavailable(c, reasonServiceUnavailable, err)
+			return
+		}
+		body := gin.H{"apiKey": k.Key, "userId": k.UserID, "expiresAt": nil}
+		if k.ExpiresAt != nil {
+			body["expiresAt"] = k.ExpiresAt.UTC().Format(time.RFC3339)
+		}
+		c.JSON(http.StatusCreated, body)
+	}
+}
+
+func handleSetModel(s *store.Store) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		m, ok := jsonFields(c)
+		if !ok {
+			return
+		}
+		var model string
+		if json.Unmarshal(m["model"], &model) != nil || model == "" || len(model) > 64 {
+			fail(c, http.StatusBadRequest, reasonInvalidField("model"))
+			return
+		}
+		// Any name is accepted: rule 10 decides at upsize time whether the workers know it.
+		if err := s.SetModel(c.Request.Context(), model); err != nil {
+			unavailable(c, reasonServiceUnavailable, err)
+			return
+		}
+		c.JSON(http.StatusOK, gin.H{"model": model})
+	}
+}
+
+func handleDeleteModel(s *store.Store) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		if err := s.DeleteModel(c.Request.Context()); err != nil {
+			unavailable(c, reasonServiceUnavailable, err)
+			return
+		}
+		c.Status(http.StatusNoContent)
+	}
+}
+
+// handleSetCosts replaces the cost table: {"2x": 1, "4x": 2, "8x": 4}, any scale may be absent.
+func handleSetCosts(s *store.Store) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		m, ok := jsonFields(c)
+		if !ok {
+			return
+		}
+		names := make([]string, 0, len(m))
+		for k := range m {
+			names = append(names, k)
+		}
+		sort.Strings(names)
+		costs := map[string]int64{}
+		for _, k := range names {
+			n, ok := nonNegativeInt(m[k])
+			if _, known := map[string]bool{"2x": true, "4x": true, "8x": true}[k]; !known || !ok {
+				fail(c, http.StatusBadRequest, reasonInvalidField(k))
+				return
+			}
+			costs[k] = n
+		}
+		if err := s.SetCosts(c.Request.Context(), costs); err != nil {
+			unavailable(c, reasonServiceUnavailable, err)
+			return
+		}
+		c.JSON(http.StatusOK, gin.H{"costs": costs})
+	}
+}
+
+func handleDeleteCosts(s *store.Store) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		if err := s.DeleteCosts(c.Request.Context()); err != nil {
+			unavailable(c, reasonServiceUnavailable, err)
+			return
+		}
+		c.Status(http.StatusNoContent)
+	}
+}

@@ -1,0 +1,129 @@
+package httpapi
+
+import (
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/hex"
+	"errors"
+	"log/slog"
+	"net/http"
+	"regexp"
+	"time"
+
+	"github.com/gin-gonic/gin"
+
+	"upsize/internal/store"
+)
+
+// Gin context keys.
+const (
+	ctxUser      = "user"
+	ctxRequestID = "request_id"
+	ctxBadRID    = "request_id_malformed"
+	ctxReason    = "reason"
+	ctxErr       = "error"
+)
+
+func currentUser(c *gin.Context) store.User { return c.MustGet(ctxUser).(store.User) }
+
+// requestIDPattern is SPEC's request id: 1-128 characters of A-Z a-z 0-9 . _ : -
+var requestIDPattern = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,128}$`)
+
+func newRequestID() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return "req-" + hex.EncodeToString(b[:])
+}
+
+// requestID reads X-Request-Id (or makes one) and echoes it on every answer, errors included. A
+// malformed id is remembered, not refused: rule 1 (authentication) answers before rule 2.
+func requestID() gin.HandlerFunc {
+	return func(c *gin.Context) {
+		vals, sent := c.Request.Header["X-Request-Id"]
+		switch {
+		case !sent:
+			id := newRequestID()
+			c.Set(ctxRequestID, id)
+			c.Header("X-Request-Id", id)
+		case len(vals) == 1 && requestIDPattern.MatchString(vals[0]):
+			c.Set(ctxRequestID, vals[0])
+			c.Header("X-Request-Id", vals[0])
+		default:
+			c.Set(ctxBadRID, true)
+		}
+		c.Next()
+	}
+}
+
+// apiKeyAuth is rule 1 for every /api endpoint.
+func apiKeyAuth(s *store.Store) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		key := c.GetHeader("X-Api-Key")
+		if key == "" {
+			fail(c, http.StatusForbidden, reasonNotLoggedIn)
+			return
+		}
+		u, err := s.Authenticate(c.Request.Context(), key, time.Now())
+		switch {
+		case errors.Is(err, store.ErrKeyUnknown), errors.Is(err, store.ErrNotFound):
+			fail(c, http.StatusUnauthorized, reasonWrongAPIKey)
+		case errors.Is(err, store.ErrKeyExpired):
+			fail(c, http.StatusUnauthorized, reasonAPIKeyExpired)
+		case err != nil:
+			unavailable(c, reasonServiceUnavailable, err)
+		default:
+			c.Set(ctxUser, u)
+			c.Next()
+		}
+	}
+}
+
+// adminAuth checks "Authorization: Bearer <ADMIN_TOKEN>" in constant time. With no token configured
+// nobody is admin.
+func adminAuth(token string) gin.HandlerFunc {
+	want := []byte("Bearer " + token)
+	return func(c *gin.Context) {
+		got := []byte(c.GetHeader("Authorization"))
+		if token == "" || subtle.ConstantTimeCompare(got, want) != 1 {
+			fail(c, http.StatusUnauthorized, reasonInvalidAdminToken)
+			return
+		}
+		c.Next()
+	}
+}
+
+// accessLog writes one line per request. It never logs headers, so API keys and the admin token stay
+// out of the logs.
+func accessLog(log *slog.Logger) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		start := time.Now()
+		c.Next()
+		attrs := []any{
+			"method", c.Request.Method, "route", c.FullPath(), "status", c.Writer.Status(),
+			"duration_ms", time.Since(start).Milliseconds(), "bytes", c.Writer.Size(),
+		}
+		if rid := c.GetString(ctxRequestID); rid != "" {
+			attrs = append(attrs, "request_id", rid)
+		}
+		if u, ok := c.Get(ctxUser); ok {
+			attrs = append(attrs, "user_id", u.(store.User).ID)
+		}
+		if r := c.GetString(ctxReason); r != "" {
+			attrs = append(attrs, "reason", r)
+		}
+		level := slog.LevelInfo
+		if err, ok := c.Get(ctxErr); ok {
+			attrs = append(attrs, "err", err)
+			level = slog.LevelError
+		}
+		log.Log(c.Request.Context(), level, "http", attrs...)
+	}
+}
+
+// recovery turns a panic into a 500 envelope and logs it.
+func recovery(log *slog.Logger) gin.HandlerFunc {
+	return gin.CustomRecoveryWithWriter(nil, func(c *gin.Context, err any) {
+		log.Error("panic", "route", c.FullPath(), "panic", err)
+		fail(c, http.StatusInternalServerError, reasonInternal)
+	})
+}

@@ -1,0 +1,81 @@
+package httpapi
+
+import (
+	"errors"
+	"net/http"
+
+	"github.com/gin-gonic/gin"
+
+	"upsize/internal/cancel"
+	"upsize/internal/store"
+)
+
+// handleGetRequest is GET /api/requests/{requestId}: the caller's own request only.
+func handleGetRequest(s *store.Store, reg *cancel.Registry) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		ctx := c.Request.Context()
+		rid := c.Param("requestId")
+		u := currentUser(c)
+		if !requestIDPattern.MatchString(rid) {
+			fail(c, http.StatusNotFound, reasonNoRequest(rid))
+			return
+		}
+		req, err := reg.Get(ctx, u.ID, rid)
+		if errors.Is(err, cancel.ErrNotFound) {
+			fail(c, http.StatusNotFound, reasonNoRequest(rid))
+			return
+		} else if err != nil {
+			unavailable(c, reasonServiceUnavailable, err)
+			return
+		}
+		body := gin.H{"requestId": rid, "state": req.State}
+		switch req.State {
+		case cancel.Completed:
+			im, err := s.GetImage(ctx, req.ResultID)
+			if err != nil {
+				unavailable(c, reasonServiceUnavailable, err)
+				return
+			}
+			body["image"] = toDTO(im)
+		case cancel.Failed:
+			body["error"] = gin.H{"code": req.ErrCode, "data": req.ErrData}
+		}
+		c.JSON(http.StatusOK, body)
+	}
+}
+
+// handleCancel is POST /api/images/cancel. The registry decides; this only translates its answer and
+// drops the queued task early (a worker that picks it up anyway sees the cancel and skips it).
+func handleCancel(d *Deps) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		ctx := c.Request.Context()
+		if _, sent := c.Request.Header["X-Request-Id"]; !sent {
+			fail(c, http.StatusBadRequest, reasonMissingRequestID)
+			return
+		}
+		if c.GetBool(ctxBadRID) {
+			fail(c, http.StatusBadRequest, reasonInvalidRequestID)
+			return
+		}
+		rid := c.GetString(ctxRequestID)
+		res, err := d.Registry.Cancel(ctx, currentUser(c).ID, rid)
+		if err != nil {
+			unavailable(c, reasonServiceUnavailable, err)
+			return
+		}
+		switch res.State {
+		case cancel.Canceled:
+			if res.Was == cancel.Queued {
+				if err := d.Queue.Remove(ctx, res.Request.Queue, res.Request.TaskID); err != nil {
+					d.Log.Warn("could not remove a canceled task from its queue; the worker will skip it",
+						"request_id", rid, "err", err)
+				}
+			}
+			c.JSON(http.StatusOK, gin.H{"success": true, "code": http.StatusOK, "data": "canceled"})
+		case cancel.Completed:
+			fail(c, http.StatusConflict, reasonAlreadyCompleted)
+		default:
+			fail(c, http.StatusConflict, reasonAlreadyFailed)
+		}
+	}
+}

@@ -1,0 +1,106 @@
+// Package httpapi is the Gin front door: the public API, the admin API and the operational endpoints.
+// Every route is listed in addRoutes; handlers are built by functions that take what they need.
+package httpapi
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/gin-gonic/gin"
+
+	"upsize/internal/blob"
+	"upsize/internal/cancel"
+	"upsize/internal/jobs"
+	"upsize/internal/store"
+)
+
+// Queue is what the API needs of the task queue.
+type Queue interface {
+	Enqueue(ctx context.Context, queue string, p jobs.Payload) error
+	Remove(ctx context.Context, queue, taskID string) error
+	Backlog(ctx context.Context) (int64, error)
+	RetryAfter(ctx context.Context, backlog, max int64) int
+}
+
+// Limits are the configured bounds the API enforces.
+type Limits struct {
+	MaxUploadBytes  int64
+	MaxInputPixels  int64
+	MaxOutputPixels int64
+	QueueMaxBacklog int64
+	WaitTimeout     time.Duration
+}
+
+// Deps is everything the handlers use.
+type Deps struct {
+	Log        *slog.Logger
+	Store      *store.Store
+	Registry   *cancel.Registry
+	Hub        *cancel.Hub
+	Queue      Queue
+	Blobs      blob.Store
+	Limits     Limits
+	AdminToken string
+	// Ready reports whether the process should get traffic (Redis reachable, not draining).
+	Ready func(ctx context.Context) error
+	// StopWaiting is closed when waiting upsizes must answer 202 now (the process is shutting down).
+	StopWaiting <-chan struct{}
+	Metrics     http.Handler
+	Instrument  gin.HandlerFunc // per-request metrics; may be nil
+}
+
+// NewHandler builds the HTTP handler of the API.
+func NewHandler(d *Deps) http.Handler {
+	gin.SetMode(gin.ReleaseMode)
+	r := gin.New()
+	r.HandleMethodNotAllowed = true
+	r.ContextWithFallback = true
+	r.Use(recovery(d.Log), accessLog(d.Log))
+	if d.Instrument != nil {
+		r.Use(d.Instrument)
+	}
+	addRoutes(r, d)
+	return r
+}
+
+func addRoutes(r *gin.Engine, d *Deps) {
+	r.GET("/healthz", handleHealthz())
+	r.GET("/readyz", handleReadyz(d.Ready))
+	r.GET("/metrics", gin.WrapH(d.Metrics))
+	r.GET("/openapi.json", handleOpenAPI())
+
+	api := r.Group("/api", requestID(), apiKeyAuth(d.Store))
+	api.POST("/images", handleUpload(d, false))
+	api.POST("/images/cancel", handleCancel(d))
+	api.GET("/images/:id", handleGetImage(d.Store))
+	api.GET("/images/:id/file", handleGetFile(d.Store, d.Blobs))
+	api.POST("/images/:id/upsize", handleUpsize(d))
+	api.GET("/requests/:requestId", handleGetRequest(d.Store, d.Registry))
+
+	admin := r.Group("/admin", adminAuth(d.AdminToken))
+	admin.POST("/users", handleCreateUser(d.Store))
+	admin.GET("/users/:id", handleGetUser(d.Store))
+	admin.PATCH("/users/:id", handlePatchUser(d.Store))
+	admin.POST("/users/:id/api-keys", handleCreateAPIKey(d.Store))
+	admin.POST("/images", handleUpload(d, true))
+	admin.PUT("/models/upsize", handleSetModel(d.Store))
+	admin.DELETE("/models/upsize", handleDeleteModel(d.Store))
+	admin.PUT("/credit-costs/upsize", handleSetCosts(d.Store))
+	admin.DELETE("/credit-costs/upsize", handleDeleteCosts(d.Store))
+
+	r.NoRoute(func(c *gin.Context) { fail(c, http.StatusNotFound, reasonNotFound) })
+	r.NoMethod(func(c *gin.Context) { fail(c, http.StatusMethodNotAllowed, reasonMethodNotAllowed) })
+}
+
+// readJSONBody reads a small JSON body; over max bytes it answers 413.
+func readBody(c *gin.Context, max int64) ([]byte, bool) {
+	b, err := io.ReadAll(http.MaxBytesReader(c.Writer, c.Request.Body, max))
+	if err != nil {
+		fail(c, http.StatusRequestEntityTooLarge, reasonPayloadTooLarge)
+		return nil, false
+	}
+	return b, true
+}

@@ -1,0 +1,257 @@
+package jobs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/hibiken/asynq"
+
+	"upsize/internal/blob"
+	"upsize/internal/cancel"
+	"upsize/internal/imageops"
+	"upsize/internal/store"
+)
+
+// Images is what the processor needs of the metadata store.
+type Images interface {
+	GetImage(ctx context.Context, id int64) (store.Image, error)
+}
+
+// UpsizeFunc is the image operation (imageops.Upsize; a test may swap it).
+type UpsizeFunc func(ctx context.Context, src []byte, dst io.Writer, p imageops.Params) (imageops.Result, error)
+
+// Processor runs upsize tasks: an asynq handler.
+type Processor struct {
+	Registry *cancel.Registry
+	Inflight *cancel.Inflight
+	Images   Images
+	Blobs    blob.Store
+	Upsize   UpsizeFunc
+	Encoding imageops.Encoding
+	// Limits, checked again here from the header: the API checked them at admission, but a worker must
+	// never decode more than it was sized for.
+	MaxInputPixels, MaxOutputPixels int64
+	Log                             *slog.Logger
+	Observe                         func(TaskReport) // called once per task run; may be nil
+}
+
+// TaskReport describes one run of a task, for logs and metrics.
+type TaskReport struct {
+	Payload   Payload
+	Request   cancel.Request
+	Outcome   string // completed, canceled, failed, skipped, retry
+	Reason    string
+	QueueWait time.Duration
+	Read      time.Duration
+	Upsize    time.Duration // decode, resample, encode and write, streamed together
+	Total     time.Duration
+	BytesIn   int64
+	BytesOut  int64
+}
+
+// permanent is a failure that would happen again: the request fails now, without retries.
+type permanent struct {
+	code int
+	data string
+	err  error
+}
+
+func (p *permanent) Error() string { return fmt.Sprintf("%d %s: %v", p.code, p.data, p.err) }
+
+// finishTimeout bounds the Redis calls that record an outcome. They run on a context of their own:
+// a cancel that arrives after the work is done must not stop the worker from saying so.
+const finishTimeout = 10 * time.Second
+
+// ProcessTask is the asynq handler.
+func (p *Processor) ProcessTask(ctx context.Context, t *asynq.Task) error {
+	began := time.Now()
+	pl, err := UnmarshalPayload(t.Payload())
+	if err != nil {
+		p.Log.Error("dropping malformed task", "err", err)
+		return fmt.Errorf("%v: %w", err, asynq.SkipRetry)
+	}
+	rep := TaskReport{Payload: pl}
+	defer func() {
+		rep.Total = time.Since(began)
+		p.report(ctx, rep)
+	}()
+
+	// Track before start: a cancel that lands between the two is not missed.
+	workCtx, done := p.Inflight.Track(ctx, pl.UserID, pl.RequestID)
+	defer done()
+	req, run, err := p.Registry.Start(ctx, pl.UserID, pl.RequestID)
+	rep.Request = req
+	switch {
+	case errors.Is(err, cancel.ErrNotFound):
+		rep.Outcome, rep.Reason = "skipped", "request expired"
+		return nil
+	case err != nil:
+		rep.Outcome, rep.Reason = "retry", err.Error()
+		return err
+	case !run:
+		// Canceled while queued, or finished by an earlier run. An earlier run may have crashed after
+		// writing the result's bytes: remove them unless the request completed.
+		if req.State != cancel.Completed {
+			p.deleteResult(req)
+		}
+		rep.Outcome, rep.Reason = "skipped", string(req.State)
+		return nil
+	}
+	if !req.Created.IsZero() {
+		rep.QueueWait = began.Sub(req.Created)
+	}
+
+	img, err := p.work(workCtx, req, &rep)
+	switch {
+	case err == nil:
+		return p.complete(req, img, &rep)
+	case errors.Is(context.Cause(workCtx), cancel.ErrCanceled):
+		// The registry already refunded it; only the bytes may be left.
+		p.deleteResult(req)
+		rep.Outcome = "canceled"
+		return nil
+	}
+	var perm *permanent
+	if errors.As(err, &perm) || isLastAttempt(ctx) {
+		code, data := 500, "upsize_failed"
+		if perm != nil {
+			code, data = perm.code, perm.data
+		}
+		p.deleteResult(req)
+		rep.Outcome, rep.Reason = "failed", err.Error()
+		fctx, cancelF := finishCtx()
+		defer cancelF()
+		if _, ferr := p.Registry.Fail(fctx, req.UserID, req.ID, code, data); ferr != nil {
+			return ferr // asynq retries; the next run records the failure
+		}
+		return nil
+	}
+	rep.Outcome, rep.Reason = "retry", err.Error()
+	return err
+}
+
+// work reads the source, upsizes it and stores the result's bytes under the result's id.
+func (p *Processor) work(ctx context.Context, req cancel.Request, rep *TaskReport) (store.Image, error) {
+	src, err := p.Images.GetImage(ctx, req.ImageID)
+	if errors.Is(err, store.ErrNotFound) {
+		return store.Image{}, &permanent{404, fmt.Sprintf("no_input_image (%d)", req.ImageID), err}
+	}
+	if err != nil {
+		return store.Image{}, err
+	}
+	if !imageops.KnownKernel(req.Model) {
+		return store.Image{}, &permanent{422, fmt.Sprintf("unknown_model (%s)", req.Model), imageops.ErrUnknownKernel}
+	}
+	scale, ok := ScaleFactor(req.Scale)
+	if !ok {
+		return store.Image{}, &permanent{400, "invalid_scale_size", fmt.Errorf("scale %q", req.Scale)}
+	}
+
+	t0 := time.Now()
+	data, err := blob.ReadAll(ctx, p.Blobs, store.BlobKey(src.ID))
+	if err != nil {
+		return store.Image{}, err
+	}
+	rep.Read, rep.BytesIn = time.Since(t0), int64(len(data))
+
+	t1 := time.Now()
+	var res imageops.Result
+	info, err := p.Blobs.Put(ctx, store.BlobKey(req.ResultID), func(w io.Writer) error {
+		var err error
+		res, err = p.Upsize(ctx, data, w, imageops.Params{
+			Scale: scale, Kernel: imageops.Kernel(req.Model), Encoding: p.Encoding,
+			MaxInputPixels: p.MaxInputPixels, MaxOutputPixels: p.MaxOutputPixels,
+		})
+		return err
+	})
+	rep.Upsize = time.Since(t1)
+	switch {
+	case errors.Is(err, imageops.ErrTooLarge):
+		return store.Image{}, &permanent{422, "image_too_large", err}
+	case errors.Is(err, imageops.ErrInvalidImage), errors.Is(err, imageops.ErrUnsupportedFormat):
+		return store.Image{}, &permanent{422, "invalid_image", err}
+	case err != nil:
+		return store.Image{}, err
+	}
+	rep.BytesOut = info.Size
+	return store.Image{
+		ID: req.ResultID, OwnerID: req.UserID, Width: res.Width, Height: res.Height, Scale: req.Scale,
+		Format: string(res.Format), Size: info.Size, SHA256: info.SHA256, CreatedAt: time.Now(),
+		// An upsized image copies its source's EditInfo, with variationId = the source's id.
+		EditInfo: withVariation(src.EditInfo, src.ID),
+	}, nil
+}
+
+func withVariation(e store.EditInfo, id int64) store.EditInfo {
+	e.VariationID = id
+	return e
+}
+
+// complete races cancel in the registry; the loser's bytes are removed.
+func (p *Processor) complete(req cancel.Request, img store.Image, rep *TaskReport) error {
+	ctx, cancelF := finishCtx()
+	defer cancelF()
+	st, err := p.Registry.Complete(ctx, req, img)
+	if err != nil {
+		rep.Outcome, rep.Reason = "retry", err.Error()
+		return err // the bytes stay; the retry rewrites them under the same key and completes
+	}
+	if st != cancel.Completed {
+		p.deleteResult(req)
+		rep.Outcome = string(st)
+		return nil
+	}
+	rep.Outcome = "completed"
+	return nil
+}
+
+func (p *Processor) deleteResult(req cancel.Request) {
+	if req.ResultID == 0 {
+		return
+	}
+	ctx, cancelF := finishCtx()
+	defer cancelF()
+	if err := p.Blobs.Delete(ctx, store.BlobKey(req.ResultID)); err != nil {
+		p.Log.Warn("could not delete the bytes of an upsize that did not complete", "request_id", req.ID, "user_id", req.UserID, "err", err)
+	}
+}
+
+func (p *Processor) report(ctx context.Context, rep TaskReport) {
+	taskID, _ := asynq.GetTaskID(ctx)
+	p.Log.Info("task",
+		"task_id", taskID, "request_id", rep.Payload.RequestID, "user_id", rep.Payload.UserID,
+		"outcome", rep.Outcome, "reason", rep.Reason, "scale", rep.Request.Scale, "model", rep.Request.Model,
+		"queue_wait_ms", rep.QueueWait.Milliseconds(), "read_ms", rep.Read.Milliseconds(),
+		"upsize_ms", rep.Upsize.Milliseconds(), "total_ms", rep.Total.Milliseconds(),
+		"bytes_in", rep.BytesIn, "bytes_out", rep.BytesOut)
+	if p.Observe != nil {
+		p.Observe(rep)
+	}
+}
+
+func finishCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), finishTimeout)
+}
+
+func isLastAttempt(ctx context.Context) bool {
+	n, ok1 := asynq.GetRetryCount(ctx)
+	max, ok2 := asynq.GetMaxRetry(ctx)
+	return ok1 && ok2 && n >= max
+}
+
+// ScaleFactor parses "2x", "4x", "8x".
+func ScaleFactor(s string) (int, bool) {
+	switch s {
+	case "2x":
+		return 2, true
+	case "4x":
+		return 4, true
+	case "8x":
+		return 8, true
+	}
+	return 0, false
+}

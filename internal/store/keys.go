@@ -1,0 +1,31 @@
+package store
+
+import "strconv"
+
+// Keys names every Redis key the service owns. All share one prefix so that an operator can tell them
+// from asynq's ("asynq:{queue}:...").
+type Keys struct{ Prefix string }
+
+// DefaultKeys is the production layout.
+var DefaultKeys = Keys{Prefix: "upsize:"}
+
+func (k Keys) User(id int64) string     { return k.Prefix + "user:" + strconv.FormatInt(id, 10) }
+func (k Keys) Image(id int64) string    { return k.Prefix + "image:" + strconv.FormatInt(id, 10) }
+func (k Keys) APIKey(hash string) string { return k.Prefix + "apikey:" + hash }
+func (k Keys) Settings() string          { return k.Prefix + "settings" }
+func (k Keys) UserSeq() string           { return k.Prefix + "seq:user" }
+func (k Keys) ImageSeq() string          { return k.Prefix + "seq:image" }
+
+// Request is the state of one upsize request id of one user: request ids are scoped to their user.
+func (k Keys) Request(userID int64, requestID string) string {
+	return k.Prefix + "req:" + strconv.FormatInt(userID, 10) + ":" + requestID
+}
+
+// Events is the pub/sub channel on which every outcome is announced to the waiting API processes.
+func (k Keys) Events() string { return k.Prefix + "events" }
+
+// Cancels is the pub/sub channel on which cancels of queued or running work reach the workers.
+func (k Keys) Cancels() string { return k.Prefix + "cancels" }
+
+// BlobKey is where the bytes of an image live in the blob store.
+func BlobKey(imageID int64) string { return "img-" + strconv.FormatInt(imageID, 10) }
