@@ -119,3 +119,10 @@ func (r *reader) fail(err error) {
 		r.err = err
 	}
 }
+
+// Names lists every environment variable Load reads (for checks of deployment manifests).
+func Names() []string {
+	var names []string
+	_, _ = Load("api", func(n string) string { names = append(names, n); return "" })
+	return names
+}

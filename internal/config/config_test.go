@@ -1,0 +1,46 @@
+package config
+
+import (
+	"slices"
+	"testing"
+	"time"
+)
+
+func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+func TestDefaultsMatchSpec(t *testing.T) {
+	c, err := Load("api", env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.RedisURL != "redis://127.0.0.1:6379/0" || c.HTTPAddr != ":8080" || c.BlobDir != "./var/blobs" ||
+		c.UpsizeWaitTimeout != 60*time.Second || c.MaxInputPixels != 50000000 || c.MaxOutputPixels != 100000000 ||
+		c.QueueMaxBacklog != 10000 || c.MaxUploadBytes != 33554432 || c.RequestTTL != 24*time.Hour || c.AdminToken != "" {
+		t.Fatalf("defaults differ from SPEC.md: %+v", c)
+	}
+	w, _ := Load("worker", env(nil))
+	if w.HTTPAddr != ":9090" || w.WorkerConcurrency < 1 {
+		t.Fatalf("worker defaults: %+v", w)
+	}
+}
+
+func TestBadValuesAreRefused(t *testing.T) {
+	for k, v := range map[string]string{
+		"UPSIZE_WAIT_TIMEOUT": "soon", "MAX_INPUT_PIXELS": "-1", "WORKER_CONCURRENCY": "0", "REQUEST_TTL": "1s",
+		"WORKER_POLL_INTERVAL": "10us",
+	} {
+		if _, err := Load("api", env(map[string]string{k: v})); err == nil {
+			t.Errorf("%s=%q accepted", k, v)
+		}
+	}
+}
+
+func TestNamesCoverSpec(t *testing.T) {
+	names := Names()
+	for _, n := range []string{"REDIS_URL", "HTTP_ADDR", "ADMIN_TOKEN", "BLOB_DIR", "WORKER_CONCURRENCY", "UPSIZE_WAIT_TIMEOUT",
+		"MAX_INPUT_PIXELS", "MAX_OUTPUT_PIXELS", "QUEUE_MAX_BACKLOG", "MAX_UPLOAD_BYTES", "REQUEST_TTL"} {
+		if !slices.Contains(names, n) {
+			t.Errorf("Names() lacks %s", n)
+		}
+	}
+}

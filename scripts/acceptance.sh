@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Runs the shared acceptance suite (../shared/acceptance, or $ACCEPTANCE_DIR) against a build started here
+# on free ports, Redis DB 15 and a temporary blob directory, so it can run beside a running service.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+suite=${ACCEPTANCE_DIR:-../shared/acceptance}
+[ -d "$suite" ] || { echo "acceptance suite not found at $suite (set ACCEPTANCE_DIR)" >&2; exit 1; }
+redis_base=${TEST_REDIS_ADDR:-127.0.0.1:6379}
+work=$(mktemp -d /tmp/upsize-acceptance.XXXXXX)
+go build -o "$work/" ./cmd/api ./cmd/worker
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+api_port=$(free_port); worker_port=$(free_port)
+redis-cli -u "redis://$redis_base/15" flushdb >/dev/null
+export REDIS_URL=redis://$redis_base/15 BLOB_DIR=$work/blobs ADMIN_TOKEN=acceptance-$RANDOM$RANDOM
+pids=()
+cleanup() {
+  kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true
+  redis-cli -u "redis://$redis_base/15" flushdb >/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+HTTP_ADDR=127.0.0.1:$worker_port "$work/worker" >"$work/worker.log" 2>&1 & pids+=($!)
+HTTP_ADDR=127.0.0.1:$api_port "$work/api" >"$work/api.log" 2>&1 & pids+=($!)
+for _ in $(seq 100); do curl -fs "http://127.0.0.1:$api_port/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+set +e
+(cd "$suite" && go run . -base "http://127.0.0.1:$api_port" -admin-token "$ADMIN_TOKEN")
+rc=$?
+set -e
+if [ $rc -ne 0 ]; then
+  echo "--- api log (last 30 lines)"; tail -30 "$work/api.log"
+  echo "--- worker log (last 30 lines)"; tail -30 "$work/worker.log"
+fi
+exit $rc
