@@ -158,4 +158,3 @@ func writeStatus(w http.ResponseWriter, err error) {
 	}
 	fmt.Fprintln(w, `{"status":"ok"}`)
 }
-

@@ -22,9 +22,9 @@ const maxFieldBytes = 8 << 10
 
 // upload is a parsed multipart upload.
 type upload struct {
-	file   []byte
+	file    []byte
 	hasFile bool
-	fields map[string]string
+	fields  map[string]string
 }
 
 // readUpload parses the multipart body, bounded by MAX_UPLOAD_BYTES as a whole.

@@ -44,12 +44,12 @@ const (
 	reasonInvalidJSONBodyName = "body"
 )
 
-func reasonNoInputImage(id string) string  { return fmt.Sprintf("no_input_image (%s)", id) }
-func reasonPremium(id int64) string        { return fmt.Sprintf("premium_collection(%d)", id) }
-func reasonUnknownModel(m string) string   { return fmt.Sprintf("unknown_model (%s)", m) }
-func reasonNoRequest(rid string) string    { return fmt.Sprintf("no_request (%s)", rid) }
-func reasonNoUser(id string) string        { return fmt.Sprintf("no_user (%s)", id) }
-func reasonInvalidField(n string) string   { return fmt.Sprintf("invalid_field (%s)", n) }
+func reasonNoInputImage(id string) string { return fmt.Sprintf("no_input_image (%s)", id) }
+func reasonPremium(id int64) string       { return fmt.Sprintf("premium_collection(%d)", id) }
+func reasonUnknownModel(m string) string  { return fmt.Sprintf("unknown_model (%s)", m) }
+func reasonNoRequest(rid string) string   { return fmt.Sprintf("no_request (%s)", rid) }
+func reasonNoUser(id string) string       { return fmt.Sprintf("no_user (%s)", id) }
+func reasonInvalidField(n string) string  { return fmt.Sprintf("invalid_field (%s)", n) }
 
 // fail answers the error envelope {"success": false, "code": status, "data": reason} and stops the chain.
 func fail(c *gin.Context, status int, reason string) {

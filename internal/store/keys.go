@@ -9,8 +9,8 @@ type Keys struct{ Prefix string }
 // DefaultKeys is the production layout.
 var DefaultKeys = Keys{Prefix: "upsize:"}
 
-func (k Keys) User(id int64) string     { return k.Prefix + "user:" + strconv.FormatInt(id, 10) }
-func (k Keys) Image(id int64) string    { return k.Prefix + "image:" + strconv.FormatInt(id, 10) }
+func (k Keys) User(id int64) string      { return k.Prefix + "user:" + strconv.FormatInt(id, 10) }
+func (k Keys) Image(id int64) string     { return k.Prefix + "image:" + strconv.FormatInt(id, 10) }
 func (k Keys) APIKey(hash string) string { return k.Prefix + "apikey:" + hash }
 func (k Keys) Settings() string          { return k.Prefix + "settings" }
 func (k Keys) UserSeq() string           { return k.Prefix + "seq:user" }
