@@ -1,0 +1,69 @@
+package testenv
+
+import (
+	"bytes"
+	"image"
+	"image/color"
+	"image/jpeg"
+	"image/png"
+	"math/rand"
+
+	"github.com/h2non/bimg"
+)
+
+// Gradient is an opaque colour gradient.
+func Gradient(w, h int) *image.NRGBA {
+	img := image.NewNRGBA(image.Rect(0, 0, w, h))
+	for y := 0; y < h; y++ {
+		for x := 0; x < w; x++ {
+			img.SetNRGBA(x, y, color.NRGBA{uint8(x * 255 / max(w-1, 1)), uint8(y * 255 / max(h-1, 1)), 128, 255})
+		}
+	}
+	return img
+}
+
+// Noise is opaque random pixels: incompressible, so slow to encode.
+func Noise(w, h int, seed int64) *image.NRGBA {
+	img := image.NewNRGBA(image.Rect(0, 0, w, h))
+	rand.New(rand.NewSource(seed)).Read(img.Pix)
+	for i := 3; i < len(img.Pix); i += 4 {
+		img.Pix[i] = 255
+	}
+	return img
+}
+
+// HalfTransparent has a transparent left half and an opaque right half.
+func HalfTransparent(w, h int) *image.NRGBA {
+	img := Gradient(w, h)
+	for y := 0; y < h; y++ {
+		for x := 0; x < w/2; x++ {
+			img.Pix[img.PixOffset(x, y)+3] = 0
+		}
+	}
+	return img
+}
+
+func PNG(img image.Image) []byte {
+	var b bytes.Buffer
+	if err := (&png.Encoder{CompressionLevel: png.BestSpeed}).Encode(&b, img); err != nil {
+		panic(err)
+	}
+	return b.Bytes()
+}
+
+func JPEG(img image.Image) []byte {
+	var b bytes.Buffer
+	if err := jpeg.Encode(&b, img, &jpeg.Options{Quality: 90}); err != nil {
+		panic(err)
+	}
+	return b.Bytes()
+}
+
+// WebP encodes with libvips (the standard library has no WebP encoder).
+func WebP(img image.Image) []byte {
+	b, err := bimg.NewImage(PNG(img)).Convert(bimg.WEBP)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
