@@ -33,6 +33,7 @@ type Options struct {
 	Concurrency     int
 	Upsize          jobs.UpsizeFunc // the worker's image operation (default imageops.Upsize)
 	RequestTTL      time.Duration
+	Observe         func(jobs.TaskReport) // sees every run of every task
 }
 
 // Env is a whole service in one process on a Redis database of its own.
@@ -153,14 +154,14 @@ func (e *Env) StartWorker() *Worker {
 	w.Processor = &jobs.Processor{
 		Registry: e.Registry, Inflight: w.Inflight, Images: e.Store, Blobs: e.Blobs, Upsize: e.Opts.Upsize,
 		Encoding: imageops.DefaultEncoding, MaxInputPixels: e.Opts.MaxInputPixels, MaxOutputPixels: e.Opts.MaxOutputPixels,
-		Log: e.Log,
+		Log: e.Log, Observe: e.Opts.Observe,
 	}
 	mux := asynq.NewServeMux()
 	mux.Handle(jobs.TypeUpsize, w.Processor)
 	w.Server = asynq.NewServerFromRedisClient(e.RDB, asynq.Config{
 		Concurrency: e.Opts.Concurrency, Queues: jobs.QueueWeights, TaskCheckInterval: 2 * time.Millisecond,
 		ShutdownTimeout: 10 * time.Second, Logger: obs.AsynqLogger{L: e.Log}, LogLevel: asynq.ErrorLevel,
-		RetryDelayFunc: func(int, error, *asynq.Task) time.Duration { return 100 * time.Millisecond },
+		RetryDelayFunc:           func(int, error, *asynq.Task) time.Duration { return 100 * time.Millisecond },
 		DelayedTaskCheckInterval: 100 * time.Millisecond,
 	})
 	if err := w.Server.Start(mux); err != nil {

@@ -1,0 +1,174 @@
+package jobs_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+
+	"upsize/internal/imageops"
+	"upsize/internal/jobs"
+	"upsize/internal/store"
+	"upsize/internal/testenv"
+)
+
+// counting wraps imageops.Upsize: it counts runs, optionally fails the first ones, and blocks while
+// hold is not closed (or until its context ends).
+type counting struct {
+	runs     atomic.Int32
+	failures int32 // the first runs that fail with a passing error
+	hold     chan struct{}
+	started  chan struct{}
+}
+
+func (c *counting) upsize(ctx context.Context, src []byte, w io.Writer, p imageops.Params) (imageops.Result, error) {
+	n := c.runs.Add(1)
+	if c.started != nil {
+		select {
+		case c.started <- struct{}{}:
+		default:
+		}
+	}
+	if n <= c.failures {
+		return imageops.Result{}, errors.New("disk hiccup")
+	}
+	if c.hold != nil {
+		select {
+		case <-c.hold:
+		case <-ctx.Done():
+			return imageops.Result{}, ctx.Err()
+		}
+	}
+	return imageops.Upsize(ctx, src, w, p)
+}
+
+func inspector(e *testenv.Env) *asynq.Inspector { return asynq.NewInspectorFromRedisClient(e.RDB) }
+
+// The backlog check and KEDA read asynq's lists by name: they must be the names asynq writes.
+func TestQueueKeysAreAsynqs(t *testing.T) {
+	c := &counting{hold: make(chan struct{}), started: make(chan struct{}, 1)}
+	e := testenv.New(t, testenv.Options{NoWorker: true, WaitTimeout: 10 * time.Millisecond, Upsize: c.upsize})
+	e.Configure()
+	paid, free := e.NewUser("paid", 10), e.NewUser("free", 10)
+	for _, u := range []testenv.User{paid, free} {
+		id := e.UploadOK(u.Key, testenv.PNG(testenv.Gradient(8, 8)))
+		e.Want(e.Upsize(context.Background(), u.Key, id, "", "k-1"), 202, "")
+	}
+	ctx := context.Background()
+	for _, q := range jobs.Queues {
+		if n := e.RDB.LLen(ctx, jobs.PendingKey(q)).Val(); n != 1 {
+			t.Errorf("LLEN %s = %d, want 1", jobs.PendingKey(q), n)
+		}
+	}
+	if n, _ := e.Queue.Backlog(ctx); n != 2 {
+		t.Errorf("Backlog = %d, want 2", n)
+	}
+	e.StartWorker()
+	<-c.started
+	deadline := time.Now().Add(5 * time.Second)
+	for active := int64(0); active == 0; {
+		for _, q := range jobs.Queues {
+			active += e.RDB.LLen(ctx, jobs.ActiveKey(q)).Val()
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no task in asynq's active lists while a handler runs")
+		}
+	}
+	close(c.hold)
+}
+
+// A canceled running task stops, frees its slot, is not retried, and leaves nothing behind.
+func TestCanceledRunningTaskIsNeverRetried(t *testing.T) {
+	c := &counting{hold: make(chan struct{}), started: make(chan struct{}, 1)}
+	var handlerRuns atomic.Int32
+	e := testenv.New(t, testenv.Options{Upsize: c.upsize, Observe: func(r jobs.TaskReport) {
+		if r.Payload.RequestID == "run-cancel" {
+			handlerRuns.Add(1)
+		}
+	}})
+	e.Configure()
+	u := e.NewUser("paid", 4)
+	id := e.UploadOK(u.Key, testenv.PNG(testenv.Gradient(16, 16)))
+	answer := make(chan *testenv.Resp, 1)
+	go func() { answer <- e.Upsize(context.Background(), u.Key, id, "8x", "run-cancel") }()
+	<-c.started
+	e.Want(e.Cancel(u.Key, "run-cancel"), 200, "")
+	r := <-answer
+	e.Want(r, 409, "user_canceled_request")
+	// asynq would retry a handler that returned its context's error after ~100 ms here; wait well past it.
+	time.Sleep(time.Second)
+	if n, h := c.runs.Load(), handlerRuns.Load(); n != 1 || h != 1 {
+		t.Fatalf("image operation ran %d times and the task handler %d times, want 1 and 1", n, h)
+	}
+	for _, q := range jobs.Queues {
+		info, err := inspector(e).GetQueueInfo(q)
+		if err == nil && info.Pending+info.Active+info.Retry+info.Archived+info.Scheduled != 0 {
+			t.Fatalf("queue %s still holds the canceled task: %+v", q, info)
+		}
+	}
+	req, _ := e.Registry.Get(context.Background(), u.ID, "run-cancel")
+	if _, err := e.Blobs.Open(context.Background(), store.BlobKey(req.ResultID)); err == nil {
+		t.Fatal("bytes of the canceled result were left behind")
+	}
+	if got := e.Credits(u.ID); got != 4 {
+		t.Fatalf("credits %d, want 4", got)
+	}
+}
+
+// A canceled queued task is removed, and never runs even when a worker comes later.
+func TestCanceledQueuedTaskNeverRuns(t *testing.T) {
+	c := &counting{}
+	e := testenv.New(t, testenv.Options{NoWorker: true, WaitTimeout: 10 * time.Millisecond, Upsize: c.upsize})
+	e.Configure()
+	u := e.NewUser("paid", 1)
+	id := e.UploadOK(u.Key, testenv.PNG(testenv.Gradient(16, 16)))
+	e.Want(e.Upsize(context.Background(), u.Key, id, "", "queued-cancel"), 202, "")
+	e.Want(e.Cancel(u.Key, "queued-cancel"), 200, "")
+	if n, _ := e.Queue.Backlog(context.Background()); n != 0 {
+		t.Fatalf("backlog %d after cancel: the task was not removed", n)
+	}
+	e.StartWorker()
+	time.Sleep(300 * time.Millisecond)
+	if n := c.runs.Load(); n != 0 {
+		t.Fatalf("canceled task ran %d times", n)
+	}
+	if got := e.Credits(u.ID); got != 1 {
+		t.Fatalf("credits %d", got)
+	}
+}
+
+// A passing failure is retried, and the request completes once, charged once.
+func TestPassingFailureIsRetried(t *testing.T) {
+	c := &counting{failures: 1}
+	e := testenv.New(t, testenv.Options{Upsize: c.upsize})
+	e.Configure()
+	u := e.NewUser("paid", 3)
+	id := e.UploadOK(u.Key, testenv.PNG(testenv.Gradient(16, 16)))
+	e.Want(e.Upsize(context.Background(), u.Key, id, "", "retry-1"), 201, "")
+	if n := c.runs.Load(); n != 2 {
+		t.Fatalf("runs %d, want 2 (one failure, one success)", n)
+	}
+	if got := e.Credits(u.ID); got != 2 {
+		t.Fatalf("credits %d, want 2", got)
+	}
+}
+
+// When retries run out, the request fails with 500 and is refunded.
+func TestExhaustedRetriesFailAndRefund(t *testing.T) {
+	c := &counting{failures: 1000}
+	e := testenv.New(t, testenv.Options{Upsize: c.upsize})
+	e.Configure()
+	u := e.NewUser("paid", 3)
+	id := e.UploadOK(u.Key, testenv.PNG(testenv.Gradient(16, 16)))
+	e.Want(e.Upsize(context.Background(), u.Key, id, "", "doomed"), 500, "upsize_failed")
+	if n := c.runs.Load(); n != jobs.MaxRetry+1 {
+		t.Fatalf("runs %d, want %d", n, jobs.MaxRetry+1)
+	}
+	if got := e.Credits(u.ID); got != 3 {
+		t.Fatalf("credits %d, want 3 (refunded)", got)
+	}
+}
