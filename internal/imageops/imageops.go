@@ -121,7 +121,7 @@ type Encoding struct {
 }
 
 // DefaultEncoding is what the service uses unless configured otherwise.
-var DefaultEncoding = Encoding{JPEGQuality: 90, PNGLevel: 6, PNGAdaptive: false, WebPQuality: 90, WebPEffort: 4}
+var DefaultEncoding = Encoding{JPEGQuality: 90, PNGLevel: 4, PNGAdaptive: true, WebPQuality: 90, WebPEffort: 4}
 
 // Params describe one upsize.
 type Params struct {

@@ -34,15 +34,18 @@ func Init(vipsConcurrency int) {
 
 // sink is what the C encoder writes through: a Go writer and the first error it returned.
 type sink struct {
-	w   io.Writer
-	n   int64
-	err error
+	w      io.Writer
+	n      int64
+	err    error
+	killed *atomic.Bool
 }
 
 //export upGoWrite
 func upGoWrite(h C.uintptr_t, data unsafe.Pointer, n C.longlong) C.longlong {
 	s := cgo.Handle(h).Value().(*sink)
-	if s.err != nil {
+	// The kill flag stops tile computation, but the encoder would still finish the strips it holds
+	// (megabytes at 8x): refusing its writes stops it within a few kilobytes.
+	if s.err != nil || s.killed.Load() {
 		return -1
 	}
 	// unsafe.Slice over C memory: the bytes are only read during this call.
@@ -93,7 +96,7 @@ func Upsize(ctx context.Context, src []byte, dst io.Writer, p Params) (Result, e
 	})
 	defer stop()
 
-	s := &sink{w: dst}
+	s := &sink{w: dst, killed: &killed}
 	h := cgo.NewHandle(s)
 	defer h.Delete()
 

@@ -34,6 +34,7 @@ type Options struct {
 	Upsize          jobs.UpsizeFunc // the worker's image operation (default imageops.Upsize)
 	RequestTTL      time.Duration
 	Observe         func(jobs.TaskReport) // sees every run of every task
+	PollInterval    time.Duration         // asynq TaskCheckInterval (default 2ms)
 }
 
 // Env is a whole service in one process on a Redis database of its own.
@@ -85,6 +86,9 @@ func New(t testing.TB, o Options) *Env {
 	}
 	if o.Upsize == nil {
 		o.Upsize = imageops.Upsize
+	}
+	if o.PollInterval == 0 {
+		o.PollInterval = 2 * time.Millisecond
 	}
 	if o.RequestTTL == 0 {
 		o.RequestTTL = time.Hour
@@ -159,7 +163,7 @@ func (e *Env) StartWorker() *Worker {
 	mux := asynq.NewServeMux()
 	mux.Handle(jobs.TypeUpsize, w.Processor)
 	w.Server = asynq.NewServerFromRedisClient(e.RDB, asynq.Config{
-		Concurrency: e.Opts.Concurrency, Queues: jobs.QueueWeights, TaskCheckInterval: 2 * time.Millisecond,
+		Concurrency: e.Opts.Concurrency, Queues: jobs.QueueWeights, TaskCheckInterval: e.Opts.PollInterval,
 		ShutdownTimeout: 10 * time.Second, Logger: obs.AsynqLogger{L: e.Log}, LogLevel: asynq.ErrorLevel,
 		RetryDelayFunc:           func(int, error, *asynq.Task) time.Duration { return 100 * time.Millisecond },
 		DelayedTaskCheckInterval: 100 * time.Millisecond,

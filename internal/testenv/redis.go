@@ -40,7 +40,7 @@ func Redis(t testing.TB) *redis.Client {
 	ctx := context.Background()
 	token := fmt.Sprintf("%d-%s", os.Getpid(), t.Name())
 	for db := firstDB; db <= lastDB; db++ {
-		c := redis.NewClient(&redis.Options{Addr: RedisAddr(), DB: db, PoolSize: 64})
+		c := redis.NewClient(&redis.Options{Addr: RedisAddr(), DB: db, PoolSize: 256})
 		ok, err := claim.Run(ctx, c, []string{lockKey}, token).Int()
 		if err != nil {
 			c.Close()

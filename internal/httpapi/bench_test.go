@@ -1,0 +1,148 @@
+package httpapi_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"upsize/internal/config"
+	"upsize/internal/imageops"
+	"upsize/internal/jobs"
+	"upsize/internal/testenv"
+)
+
+// percentiles reports p50, p99 and max of ds, in milliseconds, as benchmark metrics.
+func percentiles(b *testing.B, name string, ds []time.Duration) {
+	if len(ds) == 0 {
+		return
+	}
+	slices.Sort(ds)
+	at := func(q float64) float64 { return float64(ds[int(q*float64(len(ds)-1))].Microseconds()) / 1000 }
+	b.ReportMetric(at(0.5), name+"-p50-ms")
+	b.ReportMetric(at(0.99), name+"-p99-ms")
+	b.ReportMetric(at(1), name+"-max-ms")
+}
+
+// BenchmarkQueueWait measures, with an idle worker, the time from enqueue to the task handler starting
+// (the request's admission in Redis to the worker's start of it), at the worker's configured poll
+// interval and at asynq's default of 1 s.
+func BenchmarkQueueWait(b *testing.B) {
+	def, _ := config.Load("worker", func(string) string { return "" })
+	for _, poll := range []time.Duration{def.WorkerPollInterval, time.Second} {
+		b.Run("poll="+poll.String(), func(b *testing.B) {
+			var mu sync.Mutex
+			var waits []time.Duration
+			e := testenv.New(b, testenv.Options{PollInterval: poll, Observe: func(r jobs.TaskReport) {
+				mu.Lock()
+				waits = append(waits, r.QueueWait)
+				mu.Unlock()
+			}})
+			e.Configure()
+			n := 200
+			if poll >= time.Second {
+				n = 12
+			}
+			u := e.NewUser("paid", int64(n))
+			id := e.UploadOK(u.Key, testenv.PNG(testenv.Gradient(8, 8)))
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				for k := 0; k < n; k++ {
+					// Let the worker go idle again (back to polling), as between real requests.
+					time.Sleep(time.Duration(k%7+1) * time.Millisecond)
+					e.Want(e.Upsize(context.Background(), u.Key, id, "", fmt.Sprintf("qw-%d-%d", i, k)), 201, "")
+				}
+			}
+			percentiles(b, "queue-wait", waits)
+		})
+	}
+}
+
+// BenchmarkConcurrentWaiting holds 2,000 upsizes waiting in one API process at once, then lets workers
+// drain them: every one must answer 201, and the Redis pool must never time out.
+func BenchmarkConcurrentWaiting(b *testing.B) {
+	const n = 2000
+	for i := 0; i < b.N; i++ {
+		e := testenv.New(b, testenv.Options{NoWorker: true, Concurrency: 8})
+		e.Configure()
+		u := e.NewUser("paid", n)
+		id := e.UploadOK(u.Key, testenv.PNG(testenv.Gradient(8, 8)))
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		statuses := map[int]int{}
+		lat := make([]time.Duration, 0, n)
+		start := time.Now()
+		for k := 0; k < n; k++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				t0 := time.Now()
+				r := e.Upsize(context.Background(), u.Key, id, "", fmt.Sprintf("cw-%d", k))
+				mu.Lock()
+				statuses[r.Status]++
+				lat = append(lat, time.Since(t0))
+				mu.Unlock()
+			}()
+		}
+		// All admitted and waiting before any worker exists.
+		for e.Hub.Waiting() < n {
+			if time.Since(start) > time.Minute {
+				b.Fatalf("only %d of %d upsizes waiting after a minute", e.Hub.Waiting(), n)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		admitted := time.Since(start)
+		e.StartWorker()
+		wg.Wait()
+		if statuses[201] != n {
+			b.Fatalf("answers %v, want %d×201", statuses, n)
+		}
+		if ps := e.RDB.PoolStats(); ps.Timeouts != 0 {
+			b.Fatalf("Redis pool timed out %d times (%+v)", ps.Timeouts, ps)
+		}
+		b.ReportMetric(admitted.Seconds()*1000, "ms-to-admit-2000")
+		b.ReportMetric(float64(e.RDB.PoolStats().TotalConns), "redis-conns")
+		percentiles(b, "answer", lat)
+	}
+}
+
+// BenchmarkCancelRunning8x cancels an 8x upsize of a 1024x1024 noise PNG 300 ms after it started running
+// on the worker, and measures from the cancel call to the waiting upsize's 409, and to the image
+// operation returning (libvips aborted: the worker's CPU is free).
+func BenchmarkCancelRunning8x(b *testing.B) {
+	started := make(chan struct{}, 1)
+	stopped := make(chan time.Time, 1)
+	op := func(ctx context.Context, src []byte, w io.Writer, p imageops.Params) (imageops.Result, error) {
+		started <- struct{}{}
+		res, err := imageops.Upsize(ctx, src, w, p)
+		stopped <- time.Now()
+		return res, err
+	}
+	e := testenv.New(b, testenv.Options{Upsize: op, Concurrency: 1})
+	e.Configure()
+	const rounds = 20
+	u := e.NewUser("paid", 4)
+	id := e.UploadOK(u.Key, testenv.PNG(testenv.Noise(1024, 1024, 3)))
+	var toAnswer, toStop []time.Duration
+	for i := 0; i < b.N; i++ {
+		for k := 0; k < rounds; k++ {
+			rid := fmt.Sprintf("cr-%d-%d", i, k)
+			answered := make(chan time.Time, 1)
+			go func() {
+				e.Want(e.Upsize(context.Background(), u.Key, id, "8x", rid), 409, "user_canceled_request")
+				answered <- time.Now()
+			}()
+			<-started
+			time.Sleep(300 * time.Millisecond)
+			t0 := time.Now()
+			e.Want(e.Cancel(u.Key, rid), 200, "")
+			toAnswer = append(toAnswer, (<-answered).Sub(t0))
+			toStop = append(toStop, (<-stopped).Sub(t0))
+		}
+	}
+	percentiles(b, "cancel-to-409", toAnswer)
+	percentiles(b, "cancel-to-stop", toStop)
+}
