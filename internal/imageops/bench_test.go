@@ -97,7 +97,8 @@ func rssKB(b testing.TB) int64 {
 
 // BenchmarkMemoryOverLongRun upsizes a mix of sizes and scales many times, two at a time as a worker
 // would, and reports resident memory after the first round and at the end: with the operation cache off
-// and malloc arenas bounded it stays flat. Run with -benchtime 1x; UPSIZE_SOAK_ROUNDS sets the length.
+// and malloc arenas bounded it stays flat after warming up (compare the quarter mark with the end).
+// Run with -benchtime 1x; UPSIZE_SOAK_ROUNDS sets the length.
 func BenchmarkMemoryOverLongRun(b *testing.B) {
 	Init(0)
 	rounds := 30
@@ -106,7 +107,7 @@ func BenchmarkMemoryOverLongRun(b *testing.B) {
 	}
 	srcs := [][]byte{encPNG(b, photoLike(256, 256, 2)), encJPEG(b, photoLike(512, 384, 3), 90), encPNG(b, photoLike(1024, 768, 4))}
 	scales := []int{8, 4, 2}
-	var first, peak int64
+	var first, warm, peak int64
 	for i := 0; i < b.N; i++ {
 		for r := 0; r < rounds; r++ {
 			sem := make(chan struct{}, 2) // two at a time
@@ -128,11 +129,15 @@ func BenchmarkMemoryOverLongRun(b *testing.B) {
 			if r == 0 {
 				first = rss
 			}
+			if r == rounds/4 {
+				warm = rss
+			}
 			peak = max(peak, rss)
 		}
 	}
 	last := rssKB(b)
 	b.ReportMetric(float64(first)/1024, "MB-rss-after-round1")
+	b.ReportMetric(float64(warm)/1024, "MB-rss-at-quarter")
 	b.ReportMetric(float64(last)/1024, "MB-rss-at-end")
 	b.ReportMetric(float64(peak)/1024, "MB-rss-peak")
 	b.ReportMetric(float64(rounds), "rounds")
