@@ -20,6 +20,7 @@ import (
 	"upsize/internal/httpapi"
 	"upsize/internal/imageops"
 	"upsize/internal/jobs"
+	"upsize/internal/metrics"
 	"upsize/internal/obs"
 	"upsize/internal/redisconn"
 	"upsize/internal/store"
@@ -71,7 +72,8 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.
 		}
 	}()
 
-	reg2 := obs.NewRegistry()
+	promReg := obs.NewRegistry()
+	measure := metrics.NewAPI(promReg, rdb, jobs.Queues, jobs.PendingKey, jobs.ActiveKey)
 	var draining atomic.Bool
 	stopWaiting := make(chan struct{})
 	deps := &httpapi.Deps{
@@ -92,8 +94,9 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.
 			}
 			return rdb.Ping(ctx).Err()
 		},
-		StopWaiting: stopWaiting,
-		Metrics:     obs.Handler(reg2),
+		StopWaiting:    stopWaiting,
+		MetricsHandler: obs.Handler(promReg),
+		Measure:        measure,
 	}
 	srv := &http.Server{
 		Handler:           httpapi.NewHandler(deps),

@@ -21,6 +21,7 @@ import (
 	"upsize/internal/config"
 	"upsize/internal/imageops"
 	"upsize/internal/jobs"
+	"upsize/internal/metrics"
 	"upsize/internal/obs"
 	"upsize/internal/redisconn"
 	"upsize/internal/store"
@@ -69,10 +70,11 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.
 		}
 	}()
 
+	promReg := obs.NewRegistry()
 	proc := &jobs.Processor{
 		Registry: reg, Inflight: inflight, Images: st, Blobs: blobs, Upsize: imageops.Upsize,
 		Encoding: imageops.DefaultEncoding, MaxInputPixels: cfg.MaxInputPixels, MaxOutputPixels: cfg.MaxOutputPixels,
-		Log: log,
+		Log: log, Metrics: metrics.NewWorker(promReg, rdb),
 	}
 	mux := asynq.NewServeMux()
 	mux.Handle(jobs.TypeUpsize, proc)
@@ -88,13 +90,12 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.
 	})
 
 	var draining atomic.Bool
-	reg2 := obs.NewRegistry()
 	health := http.NewServeMux()
 	health.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { writeStatus(w, nil) })
 	health.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		writeStatus(w, ready(r.Context(), &draining, inflight, srv))
 	})
-	health.Handle("GET /metrics", obs.Handler(reg2))
+	health.Handle("GET /metrics", obs.Handler(promReg))
 	hs := &http.Server{Handler: health, ReadHeaderTimeout: 5 * time.Second}
 	ln, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {

@@ -8,10 +8,12 @@ import (
 	"log/slog"
 	"net/http"
 	"regexp"
+	"strconv"
 	"time"
 
 	"github.com/gin-gonic/gin"
 
+	"upsize/internal/metrics"
 	"upsize/internal/store"
 )
 
@@ -22,6 +24,7 @@ const (
 	ctxBadRID    = "request_id_malformed"
 	ctxReason    = "reason"
 	ctxErr       = "error"
+	ctxOutcome   = "outcome"
 )
 
 func currentUser(c *gin.Context) store.User { return c.MustGet(ctxUser).(store.User) }
@@ -117,6 +120,30 @@ func accessLog(log *slog.Logger) gin.HandlerFunc {
 			level = slog.LevelError
 		}
 		log.Log(c.Request.Context(), level, "http", attrs...)
+	}
+}
+
+// instrument records the duration of every request by route template (never the raw path: ids would
+// make the label unbounded), method, status code and platform, and the number in flight.
+func instrument(m *metrics.API) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		start := time.Now()
+		m.HTTPInFlight.Inc()
+		defer m.HTTPInFlight.Dec()
+		c.Next()
+		route := c.FullPath()
+		if route == "" {
+			route = "unmatched"
+		}
+		platform := c.GetHeader("X-Platform")
+		switch {
+		case platform == "":
+			platform = "web"
+		case !platforms[platform]:
+			platform = "invalid"
+		}
+		m.HTTPDuration.WithLabelValues(route, c.Request.Method, strconv.Itoa(c.Writer.Status()), platform).
+			Observe(time.Since(start).Seconds())
 	}
 }
 

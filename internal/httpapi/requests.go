@@ -49,12 +49,16 @@ func handleGetRequest(s *store.Store, reg *cancel.Registry) gin.HandlerFunc {
 func handleCancel(d *Deps) gin.HandlerFunc {
 	return func(c *gin.Context) {
 		ctx := c.Request.Context()
-		if _, sent := c.Request.Header["X-Request-Id"]; !sent {
-			fail(c, http.StatusBadRequest, reasonMissingRequestID)
-			return
-		}
-		if c.GetBool(ctxBadRID) {
-			fail(c, http.StatusBadRequest, reasonInvalidRequestID)
+		_, sent := c.Request.Header["X-Request-Id"]
+		if !sent || c.GetBool(ctxBadRID) {
+			if d.Measure != nil {
+				d.Measure.Cancels.WithLabelValues("invalid").Inc()
+			}
+			if !sent {
+				fail(c, http.StatusBadRequest, reasonMissingRequestID)
+			} else {
+				fail(c, http.StatusBadRequest, reasonInvalidRequestID)
+			}
 			return
 		}
 		rid := c.GetString(ctxRequestID)
@@ -63,12 +67,15 @@ func handleCancel(d *Deps) gin.HandlerFunc {
 			unavailable(c, reasonServiceUnavailable, err)
 			return
 		}
+		if d.Measure != nil {
+			d.Measure.Cancels.WithLabelValues(cancelResult(res)).Inc()
+		}
 		switch res.State {
 		case cancel.Canceled:
 			if res.Was == cancel.Queued {
 				if err := d.Queue.Remove(ctx, res.Request.Queue, res.Request.TaskID); err != nil {
 					d.Log.Warn("could not remove a canceled task from its queue; the worker will skip it",
-						"request_id", rid, "err", err)
+						"request_id", rid, "user_id", currentUser(c).ID, "task_id", res.Request.TaskID, "err", err)
 				}
 			}
 			c.JSON(http.StatusOK, gin.H{"success": true, "code": http.StatusOK, "data": "canceled"})
@@ -77,5 +84,19 @@ func handleCancel(d *Deps) gin.HandlerFunc {
 		default:
 			fail(c, http.StatusConflict, reasonAlreadyFailed)
 		}
+	}
+}
+
+// cancelResult names what a cancel did, for the cancels_total metric.
+func cancelResult(r cancel.CancelResult) string {
+	switch {
+	case r.State != cancel.Canceled:
+		return string(r.State) // completed or failed: too late
+	case r.Was == "":
+		return "tombstone"
+	case r.Was == cancel.Canceled:
+		return "already_canceled"
+	default:
+		return string(r.Was) // queued or running
 	}
 }

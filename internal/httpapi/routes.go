@@ -14,6 +14,7 @@ import (
 	"upsize/internal/blob"
 	"upsize/internal/cancel"
 	"upsize/internal/jobs"
+	"upsize/internal/metrics"
 	"upsize/internal/store"
 )
 
@@ -48,8 +49,9 @@ type Deps struct {
 	Ready func(ctx context.Context) error
 	// StopWaiting is closed when waiting upsizes must answer 202 now (the process is shutting down).
 	StopWaiting <-chan struct{}
-	Metrics     http.Handler
-	Instrument  gin.HandlerFunc // per-request metrics; may be nil
+	// MetricsHandler serves /metrics; Measure records the API's metrics (nil: none).
+	MetricsHandler http.Handler
+	Measure        *metrics.API
 }
 
 // NewHandler builds the HTTP handler of the API.
@@ -59,8 +61,8 @@ func NewHandler(d *Deps) http.Handler {
 	r.HandleMethodNotAllowed = true
 	r.ContextWithFallback = true
 	r.Use(recovery(d.Log), accessLog(d.Log))
-	if d.Instrument != nil {
-		r.Use(d.Instrument)
+	if d.Measure != nil {
+		r.Use(instrument(d.Measure))
 	}
 	addRoutes(r, d)
 	return r
@@ -69,7 +71,7 @@ func NewHandler(d *Deps) http.Handler {
 func addRoutes(r *gin.Engine, d *Deps) {
 	r.GET("/healthz", handleHealthz())
 	r.GET("/readyz", handleReadyz(d.Ready))
-	r.GET("/metrics", gin.WrapH(d.Metrics))
+	r.GET("/metrics", gin.WrapH(d.MetricsHandler))
 	r.GET("/openapi.json", handleOpenAPI())
 
 	api := r.Group("/api", requestID(), apiKeyAuth(d.Store))

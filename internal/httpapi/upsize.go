@@ -13,6 +13,7 @@ import (
 	"upsize/internal/cancel"
 	"upsize/internal/imageops"
 	"upsize/internal/jobs"
+	"upsize/internal/metrics"
 	"upsize/internal/store"
 )
 
@@ -53,6 +54,8 @@ func handleUpsize(d *Deps) gin.HandlerFunc {
 		began := time.Now()
 		ctx := c.Request.Context()
 		u := currentUser(c)
+		scaleLabel := "unknown"
+		defer func() { countUpsize(c, d.Measure, scaleLabel) }()
 
 		// Rule 2.
 		if p := c.GetHeader("X-Platform"); p != "" && !platforms[p] {
@@ -69,6 +72,9 @@ func handleUpsize(d *Deps) gin.HandlerFunc {
 			return
 		}
 		scale, scaleOK := parseScale(body)
+		if scaleOK {
+			scaleLabel = scale
+		}
 		rawID := c.Param("id")
 		imageID, idOK := parseID(rawID)
 		ask := asked{imageID: imageID, idOK: idOK, scale: scale, scaleOK: scaleOK}
@@ -193,6 +199,7 @@ type asked struct {
 func answerKnown(c *gin.Context, d *Deps, known cancel.Request, ask asked, began time.Time) {
 	switch {
 	case known.State == cancel.Canceled:
+		c.Set(ctxOutcome, "canceled")
 		fail(c, http.StatusConflict, reasonUserCanceled)
 	case ask.idOK && ask.imageID == known.ImageID && ask.scaleOK && ask.scale == known.Scale:
 		wake, stop := d.Hub.Watch(known.UserID, known.ID)
@@ -210,6 +217,7 @@ func await(c *gin.Context, d *Deps, userID int64, rid string, wake <-chan struct
 	ctx := c.Request.Context()
 	timer := time.NewTimer(max(0, d.Limits.WaitTimeout-time.Since(began)))
 	defer timer.Stop()
+	woken := false
 	for {
 		req, err := d.Registry.Get(ctx, userID, rid)
 		if err != nil && ctx.Err() == nil {
@@ -217,11 +225,15 @@ func await(c *gin.Context, d *Deps, userID int64, rid string, wake <-chan struct
 			return
 		}
 		if req.State.Terminal() {
+			if woken && req.State == cancel.Canceled && d.Measure != nil && !req.Finished.IsZero() {
+				d.Measure.CancelToAnswer.Observe(time.Since(req.Finished).Seconds())
+			}
 			answerOutcome(c, d, req)
 			return
 		}
 		select {
 		case <-wake:
+			woken = true
 		case <-timer.C:
 			accepted(c, rid)
 			return
@@ -250,8 +262,32 @@ func answerOutcome(c *gin.Context, d *Deps, req cancel.Request) {
 		}
 		c.JSON(http.StatusCreated, imageBody(im))
 	case cancel.Canceled:
+		c.Set(ctxOutcome, "canceled")
 		fail(c, http.StatusConflict, reasonUserCanceled)
 	default:
+		c.Set(ctxOutcome, "failed")
 		fail(c, req.ErrCode, req.ErrData)
 	}
+}
+
+// countUpsize records the answer of an upsize: completed, accepted (202), canceled, failed (the worker
+// failed it), unavailable (Redis or the queue), or rejected by one of the rules, with the reason.
+func countUpsize(c *gin.Context, m *metrics.API, scale string) {
+	if m == nil {
+		return
+	}
+	outcome := c.GetString(ctxOutcome)
+	if outcome == "" {
+		switch status := c.Writer.Status(); {
+		case status == http.StatusCreated:
+			outcome = "completed"
+		case status == http.StatusAccepted:
+			outcome = "accepted"
+		case status >= 500:
+			outcome = "unavailable"
+		default:
+			outcome = "rejected"
+		}
+	}
+	m.Outcomes.WithLabelValues(outcome, metrics.Reason(c.GetString(ctxReason)), scale).Inc()
 }

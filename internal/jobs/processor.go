@@ -13,6 +13,7 @@ import (
 	"upsize/internal/blob"
 	"upsize/internal/cancel"
 	"upsize/internal/imageops"
+	"upsize/internal/metrics"
 	"upsize/internal/store"
 )
 
@@ -36,6 +37,7 @@ type Processor struct {
 	// never decode more than it was sized for.
 	MaxInputPixels, MaxOutputPixels int64
 	Log                             *slog.Logger
+	Metrics                         *metrics.Worker  // may be nil
 	Observe                         func(TaskReport) // called once per task run; may be nil
 }
 
@@ -45,12 +47,17 @@ type TaskReport struct {
 	Request   cancel.Request
 	Outcome   string // completed, canceled, failed, skipped, retry
 	Reason    string
+	Format    string // the source's (and result's) format
 	QueueWait time.Duration
 	Read      time.Duration
-	Upsize    time.Duration // decode, resample, encode and write, streamed together
-	Total     time.Duration
-	BytesIn   int64
-	BytesOut  int64
+	// Transform is decode, resample and encode: one streamed libvips evaluation, so they cannot be timed
+	// apart. Write is the time spent inside the blob store's writer during it.
+	Transform  time.Duration
+	Write      time.Duration
+	Total      time.Duration
+	BytesIn    int64
+	BytesOut   int64
+	CancelStop time.Duration // canceled runs: from the cancel being recorded to the work stopping
 }
 
 // permanent is a failure that would happen again: the request fails now, without retries.
@@ -71,13 +78,19 @@ func (p *Processor) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	began := time.Now()
 	pl, err := UnmarshalPayload(t.Payload())
 	if err != nil {
-		p.Log.Error("dropping malformed task", "err", err)
+		p.Log.Error("dropping malformed task", "err", err) // no ids to log: the payload is what is broken
 		return fmt.Errorf("%v: %w", err, asynq.SkipRetry)
 	}
 	rep := TaskReport{Payload: pl}
+	taskID, _ := asynq.GetTaskID(ctx)
+	log := p.Log.With("task_id", taskID, "request_id", pl.RequestID, "user_id", pl.UserID)
+	if p.Metrics != nil {
+		p.Metrics.InProgress.Inc()
+		defer p.Metrics.InProgress.Dec()
+	}
 	defer func() {
 		rep.Total = time.Since(began)
-		p.report(ctx, rep)
+		p.report(log, rep)
 	}()
 
 	// Track before start: a cancel that lands between the two is not missed.
@@ -96,7 +109,7 @@ func (p *Processor) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		// Canceled while queued, or finished by an earlier run. An earlier run may have crashed after
 		// writing the result's bytes: remove them unless the request completed.
 		if req.State != cancel.Completed {
-			p.deleteResult(req)
+			p.deleteResult(log, req)
 		}
 		rep.Outcome, rep.Reason = "skipped", string(req.State)
 		return nil
@@ -108,10 +121,13 @@ func (p *Processor) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	img, err := p.work(workCtx, req, &rep)
 	switch {
 	case err == nil:
-		return p.complete(req, img, &rep)
+		return p.complete(log, req, img, &rep)
 	case errors.Is(context.Cause(workCtx), cancel.ErrCanceled):
 		// The registry already refunded it; only the bytes may be left.
-		p.deleteResult(req)
+		if now, err := p.Registry.Get(ctx, req.UserID, req.ID); err == nil && !now.Finished.IsZero() {
+			rep.CancelStop = time.Since(now.Finished)
+		}
+		p.deleteResult(log, req)
 		rep.Outcome = "canceled"
 		return nil
 	}
@@ -121,7 +137,7 @@ func (p *Processor) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		if perm != nil {
 			code, data = perm.code, perm.data
 		}
-		p.deleteResult(req)
+		p.deleteResult(log, req)
 		rep.Outcome, rep.Reason = "failed", err.Error()
 		fctx, cancelF := finishCtx()
 		defer cancelF()
@@ -143,6 +159,7 @@ func (p *Processor) work(ctx context.Context, req cancel.Request, rep *TaskRepor
 	if err != nil {
 		return store.Image{}, err
 	}
+	rep.Format = src.Format
 	if !imageops.KnownKernel(req.Model) {
 		return store.Image{}, &permanent{422, fmt.Sprintf("unknown_model (%s)", req.Model), imageops.ErrUnknownKernel}
 	}
@@ -160,15 +177,18 @@ func (p *Processor) work(ctx context.Context, req cancel.Request, rep *TaskRepor
 
 	t1 := time.Now()
 	var res imageops.Result
+	var tw timedWriter
 	info, err := p.Blobs.Put(ctx, store.BlobKey(req.ResultID), func(w io.Writer) error {
 		var err error
-		res, err = p.Upsize(ctx, data, w, imageops.Params{
+		tw.w = w
+		res, err = p.Upsize(ctx, data, &tw, imageops.Params{
 			Scale: scale, Kernel: imageops.Kernel(req.Model), Encoding: p.Encoding,
 			MaxInputPixels: p.MaxInputPixels, MaxOutputPixels: p.MaxOutputPixels,
 		})
 		return err
 	})
-	rep.Upsize = time.Since(t1)
+	rep.Write = tw.spent
+	rep.Transform = time.Since(t1) - tw.spent
 	switch {
 	case errors.Is(err, imageops.ErrTooLarge):
 		return store.Image{}, &permanent{422, "image_too_large", err}
@@ -192,7 +212,7 @@ func withVariation(e store.EditInfo, id int64) store.EditInfo {
 }
 
 // complete races cancel in the registry; the loser's bytes are removed.
-func (p *Processor) complete(req cancel.Request, img store.Image, rep *TaskReport) error {
+func (p *Processor) complete(log *slog.Logger, req cancel.Request, img store.Image, rep *TaskReport) error {
 	ctx, cancelF := finishCtx()
 	defer cancelF()
 	st, err := p.Registry.Complete(ctx, req, img)
@@ -201,7 +221,7 @@ func (p *Processor) complete(req cancel.Request, img store.Image, rep *TaskRepor
 		return err // the bytes stay; the retry rewrites them under the same key and completes
 	}
 	if st != cancel.Completed {
-		p.deleteResult(req)
+		p.deleteResult(log, req)
 		rep.Outcome = string(st)
 		return nil
 	}
@@ -209,25 +229,50 @@ func (p *Processor) complete(req cancel.Request, img store.Image, rep *TaskRepor
 	return nil
 }
 
-func (p *Processor) deleteResult(req cancel.Request) {
+func (p *Processor) deleteResult(log *slog.Logger, req cancel.Request) {
 	if req.ResultID == 0 {
 		return
 	}
 	ctx, cancelF := finishCtx()
 	defer cancelF()
 	if err := p.Blobs.Delete(ctx, store.BlobKey(req.ResultID)); err != nil {
-		p.Log.Warn("could not delete the bytes of an upsize that did not complete", "request_id", req.ID, "user_id", req.UserID, "err", err)
+		log.Warn("could not delete the bytes of an upsize that did not complete", "err", err)
 	}
 }
 
-func (p *Processor) report(ctx context.Context, rep TaskReport) {
-	taskID, _ := asynq.GetTaskID(ctx)
-	p.Log.Info("task",
-		"task_id", taskID, "request_id", rep.Payload.RequestID, "user_id", rep.Payload.UserID,
-		"outcome", rep.Outcome, "reason", rep.Reason, "scale", rep.Request.Scale, "model", rep.Request.Model,
-		"queue_wait_ms", rep.QueueWait.Milliseconds(), "read_ms", rep.Read.Milliseconds(),
-		"upsize_ms", rep.Upsize.Milliseconds(), "total_ms", rep.Total.Milliseconds(),
+// report writes the task's one log line and its metrics.
+func (p *Processor) report(log *slog.Logger, rep TaskReport) {
+	log.Info("task", "outcome", rep.Outcome, "reason", rep.Reason, "scale", rep.Request.Scale, "model", rep.Request.Model,
+		"format", rep.Format, "queue_wait_ms", rep.QueueWait.Milliseconds(), "read_ms", rep.Read.Milliseconds(),
+		"transform_ms", rep.Transform.Milliseconds(), "write_ms", rep.Write.Milliseconds(), "total_ms", rep.Total.Milliseconds(),
 		"bytes_in", rep.BytesIn, "bytes_out", rep.BytesOut)
+	if m := p.Metrics; m != nil {
+		m.Tasks.WithLabelValues(rep.Outcome).Inc()
+		scale, format := rep.Request.Scale, rep.Format
+		if format == "" {
+			format = "unknown"
+		}
+		if scale == "" {
+			scale = "unknown"
+		}
+		if rep.QueueWait > 0 {
+			m.QueueWait.WithLabelValues(scale, format).Observe(rep.QueueWait.Seconds())
+		}
+		if rep.Read > 0 {
+			m.Stage.WithLabelValues("read", scale, format).Observe(rep.Read.Seconds())
+			m.Bytes.WithLabelValues("read").Add(float64(rep.BytesIn))
+		}
+		if rep.Outcome == "completed" {
+			m.Stage.WithLabelValues("decode_resize_encode", scale, format).Observe(rep.Transform.Seconds())
+			m.Stage.WithLabelValues("write", scale, format).Observe(rep.Write.Seconds())
+			m.Bytes.WithLabelValues("written").Add(float64(rep.BytesOut))
+			m.CreditsCharged.Add(float64(rep.Request.Cost))
+		}
+		m.Stage.WithLabelValues("total", scale, format).Observe(rep.Total.Seconds())
+		if rep.CancelStop > 0 {
+			m.CancelToStop.Observe(rep.CancelStop.Seconds())
+		}
+	}
 	if p.Observe != nil {
 		p.Observe(rep)
 	}
@@ -254,4 +299,17 @@ func ScaleFactor(s string) (int, bool) {
 		return 8, true
 	}
 	return 0, false
+}
+
+// timedWriter adds up the time spent writing, to tell the blob store's share from libvips'.
+type timedWriter struct {
+	w     io.Writer
+	spent time.Duration
+}
+
+func (t *timedWriter) Write(b []byte) (int, error) {
+	start := time.Now()
+	n, err := t.w.Write(b)
+	t.spent += time.Since(start)
+	return n, err
 }

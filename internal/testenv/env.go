@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/hibiken/asynq"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/redis/go-redis/v9"
 
 	"upsize/internal/blob"
@@ -19,6 +21,7 @@ import (
 	"upsize/internal/httpapi"
 	"upsize/internal/imageops"
 	"upsize/internal/jobs"
+	"upsize/internal/metrics"
 	"upsize/internal/obs"
 	"upsize/internal/store"
 )
@@ -35,6 +38,7 @@ type Options struct {
 	RequestTTL      time.Duration
 	Observe         func(jobs.TaskReport) // sees every run of every task
 	PollInterval    time.Duration         // asynq TaskCheckInterval (default 2ms)
+	LogTo           io.Writer             // where the service's JSON logs go (default: see Logger)
 }
 
 // Env is a whole service in one process on a Redis database of its own.
@@ -51,6 +55,7 @@ type Env struct {
 	Client     *http.Client // validates every response against openapi.yaml
 	AdminToken string
 	Log        *slog.Logger
+	Metrics    *prometheus.Registry // the API's
 
 	mu      sync.Mutex
 	workers []*Worker
@@ -102,6 +107,9 @@ func New(t testing.TB, o Options) *Env {
 		T: t, Opts: o, RDB: rdb, Store: store.New(rdb, store.DefaultKeys), Blobs: blobs,
 		Queue: jobs.NewQueue(rdb), AdminToken: "test-admin-token", Log: Logger(),
 	}
+	if o.LogTo != nil {
+		e.Log = obs.NewLogger(o.LogTo, "debug", "test")
+	}
 	e.Registry = cancel.NewRegistry(rdb, store.DefaultKeys, o.RequestTTL)
 	e.Hub = cancel.NewHub(rdb, e.Registry)
 	ctx, stop := context.WithCancel(context.Background())
@@ -110,6 +118,7 @@ func New(t testing.TB, o Options) *Env {
 	t.Cleanup(func() { stop(); <-done })
 	waitReady(t, e.Hub.Ready())
 
+	e.Metrics = obs.NewRegistry()
 	h := httpapi.NewHandler(&httpapi.Deps{
 		Log: e.Log, Store: e.Store, Registry: e.Registry, Hub: e.Hub, Queue: e.Queue, Blobs: blobs,
 		Limits: httpapi.Limits{
@@ -117,8 +126,9 @@ func New(t testing.TB, o Options) *Env {
 			QueueMaxBacklog: o.QueueMaxBacklog, WaitTimeout: o.WaitTimeout,
 		},
 		AdminToken: e.AdminToken,
-		Ready:      func(ctx context.Context) error { return rdb.Ping(ctx).Err() },
-		Metrics:    obs.Handler(obs.NewRegistry()),
+		Ready:          func(ctx context.Context) error { return rdb.Ping(ctx).Err() },
+		MetricsHandler: obs.Handler(e.Metrics),
+		Measure:        metrics.NewAPI(e.Metrics, rdb, jobs.Queues, jobs.PendingKey, jobs.ActiveKey),
 	})
 	e.Server = httptest.NewServer(h)
 	t.Cleanup(e.Server.Close)
@@ -140,6 +150,7 @@ func waitReady(t testing.TB, ready <-chan struct{}) {
 
 // Worker is one asynq server running the processor, as cmd/worker does.
 type Worker struct {
+	Metrics   *prometheus.Registry
 	Server    *asynq.Server
 	Processor *jobs.Processor
 	Inflight  *cancel.Inflight
@@ -150,7 +161,7 @@ type Worker struct {
 // StartWorker starts a worker; it is stopped when the test ends.
 func (e *Env) StartWorker() *Worker {
 	e.T.Helper()
-	w := &Worker{Inflight: cancel.NewInflight(e.RDB, e.Registry)}
+	w := &Worker{Inflight: cancel.NewInflight(e.RDB, e.Registry), Metrics: obs.NewRegistry()}
 	ctx, stop := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); w.Inflight.Run(ctx) }()
@@ -158,7 +169,7 @@ func (e *Env) StartWorker() *Worker {
 	w.Processor = &jobs.Processor{
 		Registry: e.Registry, Inflight: w.Inflight, Images: e.Store, Blobs: e.Blobs, Upsize: e.Opts.Upsize,
 		Encoding: imageops.DefaultEncoding, MaxInputPixels: e.Opts.MaxInputPixels, MaxOutputPixels: e.Opts.MaxOutputPixels,
-		Log: e.Log, Observe: e.Opts.Observe,
+		Log: e.Log, Observe: e.Opts.Observe, Metrics: metrics.NewWorker(w.Metrics, e.RDB),
 	}
 	mux := asynq.NewServeMux()
 	mux.Handle(jobs.TypeUpsize, w.Processor)
@@ -181,3 +192,25 @@ func (e *Env) StartWorker() *Worker {
 
 // Stop shuts the worker down (in-flight tasks get their shutdown timeout).
 func (w *Worker) Stop() { w.once.Do(w.stop) }
+
+// Exposed gathers the metric families the API and every worker expose now, by name.
+func (e *Env) Exposed() map[string]*dto.MetricFamily {
+	e.T.Helper()
+	out := map[string]*dto.MetricFamily{}
+	regs := []*prometheus.Registry{e.Metrics}
+	e.mu.Lock()
+	for _, w := range e.workers {
+		regs = append(regs, w.Metrics)
+	}
+	e.mu.Unlock()
+	for _, r := range regs {
+		mfs, err := r.Gather()
+		if err != nil {
+			e.T.Fatal(err)
+		}
+		for _, mf := range mfs {
+			out[mf.GetName()] = mf
+		}
+	}
+	return out
+}
