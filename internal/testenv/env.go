@@ -125,7 +125,7 @@ func New(t testing.TB, o Options) *Env {
 			MaxUploadBytes: 32 << 20, MaxInputPixels: o.MaxInputPixels, MaxOutputPixels: o.MaxOutputPixels,
 			QueueMaxBacklog: o.QueueMaxBacklog, WaitTimeout: o.WaitTimeout,
 		},
-		AdminToken: e.AdminToken,
+		AdminToken:     e.AdminToken,
 		Ready:          func(ctx context.Context) error { return rdb.Ping(ctx).Err() },
 		MetricsHandler: obs.Handler(e.Metrics),
 		Measure:        metrics.NewAPI(e.Metrics, rdb, jobs.Queues, jobs.PendingKey, jobs.ActiveKey),
