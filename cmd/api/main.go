@@ -72,12 +72,16 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.
 		}
 	}()
 
+	queue := jobs.NewQueue(rdb)
+	// An API that dies between reserving credits and enqueuing leaves a request behind; any API finds it.
+	go queue.RunSweeper(hubCtx, reg, 10*time.Second, 30*time.Second, log)
+
 	promReg := obs.NewRegistry()
 	measure := metrics.NewAPI(promReg, rdb, jobs.Queues, jobs.PendingKey, jobs.ActiveKey)
 	var draining atomic.Bool
 	stopWaiting := make(chan struct{})
 	deps := &httpapi.Deps{
-		Log: log, Store: st, Registry: reg, Hub: hub, Queue: jobs.NewQueue(rdb), Blobs: blobs,
+		Log: log, Store: st, Registry: reg, Hub: hub, Queue: queue, Blobs: blobs,
 		Limits: httpapi.Limits{
 			MaxUploadBytes: cfg.MaxUploadBytes, MaxInputPixels: cfg.MaxInputPixels, MaxOutputPixels: cfg.MaxOutputPixels,
 			QueueMaxBacklog: cfg.QueueMaxBacklog, WaitTimeout: cfg.UpsizeWaitTimeout,

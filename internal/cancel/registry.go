@@ -138,7 +138,8 @@ type AdmitResult struct {
 }
 
 // admit reserves the cost and creates the request, unless the id already exists or credits are short.
-// KEYS: request, user, image sequence. ARGV: cost, ttl ms, image, scale, model, queue, task, now.
+// KEYS: request, user, image sequence, unenqueued set. ARGV: cost, ttl ms, image, scale, model, queue,
+// task, now, signal.
 var admit = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return {'exists', redis.call('HGETALL', KEYS[1])}
@@ -153,13 +154,14 @@ local result = redis.call('INCR', KEYS[3])
 redis.call('HSET', KEYS[1], 'state', 'queued', 'image', ARGV[3], 'scale', ARGV[4], 'model', ARGV[5],
   'cost', cost, 'result', result, 'queue', ARGV[6], 'task', ARGV[7], 'created', ARGV[8])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[4], ARGV[8], ARGV[9])
 return {'ok', redis.call('HGETALL', KEYS[1])}`)
 
 // Admit is rule 14: reserve the cost and record the request as queued, atomically.
 func (r *Registry) Admit(ctx context.Context, a Admission) (AdmitResult, error) {
 	v, err := admit.Run(ctx, r.rdb,
-		[]string{r.keys.Request(a.UserID, a.RequestID), r.keys.User(a.UserID), r.keys.ImageSeq()},
-		a.Cost, r.ttl.Milliseconds(), a.ImageID, a.Scale, a.Model, a.Queue, a.TaskID, nowMS()).Slice()
+		[]string{r.keys.Request(a.UserID, a.RequestID), r.keys.User(a.UserID), r.keys.ImageSeq(), r.keys.Unenqueued()},
+		a.Cost, r.ttl.Milliseconds(), a.ImageID, a.Scale, a.Model, a.Queue, a.TaskID, nowMS(), signal(a.UserID, a.RequestID)).Slice()
 	if err != nil {
 		return AdmitResult{}, err
 	}
@@ -174,6 +176,37 @@ func (r *Registry) Admit(ctx context.Context, a Admission) (AdmitResult, error) 
 		return AdmitResult{NoCredit: true}, nil
 	}
 	return AdmitResult{}, fmt.Errorf("cancel: admit answered %q", verdict)
+}
+
+// Enqueued records that the request's task is on the queue: the sweeper no longer needs to look at it.
+func (r *Registry) Enqueued(ctx context.Context, userID int64, requestID string) error {
+	return r.rdb.ZRem(ctx, r.keys.Unenqueued(), signal(userID, requestID)).Err()
+}
+
+// Unenqueued lists up to limit requests admitted before `before` whose enqueue was never confirmed.
+func (r *Registry) Unenqueued(ctx context.Context, before time.Time, limit int64) ([]Request, error) {
+	members, err := r.rdb.ZRangeArgs(ctx, redis.ZRangeArgs{
+		Key: r.keys.Unenqueued(), ByScore: true, Start: "-inf", Stop: strconv.FormatInt(before.UnixMilli(), 10), Count: limit,
+	}).Result()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Request, 0, len(members))
+	for _, m := range members {
+		uid, rid, ok := parseSignal(m)
+		if !ok {
+			r.rdb.ZRem(ctx, r.keys.Unenqueued(), m)
+			continue
+		}
+		req, err := r.Get(ctx, uid, rid)
+		if errors.Is(err, ErrNotFound) {
+			req = Request{UserID: uid, ID: rid} // expired: State "" tells the sweeper to drop it
+		} else if err != nil {
+			return nil, err
+		}
+		out = append(out, req)
+	}
+	return out, nil
 }
 
 // start moves a queued (or, after a crash, running) request to running.

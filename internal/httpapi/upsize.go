@@ -181,6 +181,9 @@ func handleUpsize(d *Deps) gin.HandlerFunc {
 				unavailable(c, reasonQueueUnavailable, errors.Join(err, ferr))
 				return
 			}
+		} else if err := d.Registry.Enqueued(ctx, u.ID, rid); err != nil {
+			// Harmless: the sweeper finds the task already there.
+			d.Log.Warn("could not confirm an enqueue", "request_id", rid, "user_id", u.ID, "err", err)
 		}
 		await(c, d, u.ID, rid, wake, began)
 	}

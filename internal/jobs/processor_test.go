@@ -10,6 +10,7 @@ import (
 
 	"github.com/hibiken/asynq"
 
+	"upsize/internal/cancel"
 	"upsize/internal/imageops"
 	"upsize/internal/jobs"
 	"upsize/internal/store"
@@ -170,5 +171,47 @@ func TestExhaustedRetriesFailAndRefund(t *testing.T) {
 	}
 	if got := e.Credits(u.ID); got != 3 {
 		t.Fatalf("credits %d, want 3 (refunded)", got)
+	}
+}
+
+// An API that dies after reserving credits but before enqueuing loses nothing: the sweeper enqueues the
+// request's task, and it completes once.
+func TestSweeperEnqueuesWhatADeadAPILeftBehind(t *testing.T) {
+	e := testenv.New(t, testenv.Options{})
+	e.Configure()
+	u := e.NewUser("paid", 5)
+	id := e.UploadOK(u.Key, testenv.PNG(testenv.Gradient(16, 16)))
+	ctx := context.Background()
+	// The dead API's half: admission only.
+	res, err := e.Registry.Admit(ctx, cancel.Admission{UserID: u.ID, RequestID: "orphan", ImageID: id, Scale: "2x",
+		Model: "lanczos3", Cost: 1, Queue: jobs.QueuePaid, TaskID: jobs.TaskID(u.ID, "orphan")})
+	if err != nil || !res.Admitted {
+		t.Fatalf("admit: %+v %v", res, err)
+	}
+	// A normal request is confirmed and is not touched.
+	e.Want(e.Upsize(ctx, u.Key, id, "", "normal"), 201, "")
+	if n, err := e.Queue.Sweep(ctx, e.Registry, time.Hour); err != nil || n != 0 {
+		t.Fatalf("sweep of fresh entries: %d, %v", n, err)
+	}
+	n, err := e.Queue.Sweep(ctx, e.Registry, 0)
+	if err != nil || n != 1 {
+		t.Fatalf("sweep enqueued %d (%v), want 1", n, err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		req, _ := e.Registry.Get(ctx, u.ID, "orphan")
+		if req.State == cancel.Completed {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("orphan request is %s", req.State)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n, _ := e.Queue.Sweep(ctx, e.Registry, 0); n != 0 {
+		t.Fatalf("second sweep enqueued %d", n)
+	}
+	if c := e.Credits(u.ID); c != 3 {
+		t.Fatalf("credits %d, want 3 (two completed)", c)
 	}
 }

@@ -3,12 +3,15 @@ package jobs
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"math"
 	"sync"
 	"time"
 
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
+
+	"upsize/internal/cancel"
 )
 
 // MaxRetry is how often a task that failed for a passing reason (Redis, disk) is tried again.
@@ -105,4 +108,46 @@ func (q *Queue) measureDrain(ctx context.Context) float64 {
 	}
 	q.lastAt, q.lastDone = now, done
 	return q.drainRate
+}
+
+// Sweep enqueues the tasks of requests that were admitted (credits reserved) but whose enqueue was never
+// confirmed, because the API process that admitted them died in between. Enqueuing is idempotent (a
+// task's id is its request's), so every API process may sweep at once.
+func (q *Queue) Sweep(ctx context.Context, reg *cancel.Registry, olderThan time.Duration) (enqueued int, err error) {
+	reqs, err := reg.Unenqueued(ctx, time.Now().Add(-olderThan), 200)
+	if err != nil {
+		return 0, err
+	}
+	for _, r := range reqs {
+		if r.State == cancel.Queued {
+			if err := q.Enqueue(ctx, r.Queue, Payload{UserID: r.UserID, RequestID: r.ID}); err != nil {
+				return enqueued, err
+			}
+			enqueued++
+		}
+		// Running or finished requests have, or had, their task; expired ones are gone.
+		if err := reg.Enqueued(ctx, r.UserID, r.ID); err != nil {
+			return enqueued, err
+		}
+	}
+	return enqueued, nil
+}
+
+// RunSweeper sweeps every interval until ctx is done.
+func (q *Queue) RunSweeper(ctx context.Context, reg *cancel.Registry, interval, olderThan time.Duration, log *slog.Logger) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			n, err := q.Sweep(ctx, reg, olderThan)
+			if err != nil {
+				log.Warn("sweeping unenqueued requests", "err", err)
+			} else if n > 0 {
+				log.Warn("enqueued requests whose admitting API process died before enqueuing", "count", n)
+			}
+		}
+	}
 }

@@ -21,6 +21,11 @@ func (k Keys) Request(userID int64, requestID string) string {
 	return k.Prefix + "req:" + strconv.FormatInt(userID, 10) + ":" + requestID
 }
 
+// Unenqueued is a sorted set of admitted requests whose task is not known to be enqueued yet (score:
+// admission time). An API that dies between admission and enqueue leaves its request here, and a sweeper
+// enqueues it.
+func (k Keys) Unenqueued() string { return k.Prefix + "unenqueued" }
+
 // Events is the pub/sub channel on which every outcome is announced to the waiting API processes.
 func (k Keys) Events() string { return k.Prefix + "events" }
 
