@@ -127,13 +127,15 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.
 	log.Info("draining", "delay", cfg.DrainDelay, "timeout", cfg.DrainTimeout)
 	draining.Store(true)
 	time.Sleep(cfg.DrainDelay)
-	// Waiting upsizes answer 202 a little before the deadline, so that their answer is written in time.
-	giveUp := time.AfterFunc(cfg.DrainTimeout*8/10, func() { close(stopWaiting) })
+	// Waiting upsizes answer 202 halfway: their answers must be written, and Shutdown only notices idle
+	// connections every 500 ms, before the deadline.
+	giveUp := time.AfterFunc(cfg.DrainTimeout/2, func() { close(stopWaiting) })
 	defer giveUp.Stop()
 	sctx, cancelShutdown := context.WithTimeout(context.Background(), cfg.DrainTimeout)
 	defer cancelShutdown()
 	if err := srv.Shutdown(sctx); err != nil {
-		return fmt.Errorf("shutdown: %w", err)
+		srv.Close()
+		return fmt.Errorf("shutdown: connections still busy after DRAIN_TIMEOUT: %w", err)
 	}
 	log.Info("stopped")
 	return nil
