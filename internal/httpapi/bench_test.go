@@ -146,3 +146,91 @@ func BenchmarkCancelRunning8x(b *testing.B) {
 	percentiles(b, "cancel-to-409", toAnswer)
 	percentiles(b, "cancel-to-stop", toStop)
 }
+
+// direct runs what a worker's task costs without the service: imageops.Upsize into the blob store.
+func direct(b *testing.B, e *testenv.Env, src []byte, scale int) {
+	_, err := e.Blobs.Put(context.Background(), "bench-direct", func(w io.Writer) error {
+		_, err := imageops.Upsize(context.Background(), src, w, imageops.Params{Scale: scale, Kernel: "lanczos3", Encoding: imageops.DefaultEncoding})
+		return err
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+}
+
+// BenchmarkServiceOverhead compares one upsize through the whole service (HTTP, admission, queue, worker,
+// blob store, outcome signal) with the image operation alone, on an idle service, alternating the two.
+func BenchmarkServiceOverhead(b *testing.B) {
+	def, _ := config.Load("worker", func(string) string { return "" })
+	e := testenv.New(b, testenv.Options{PollInterval: def.WorkerPollInterval, Concurrency: 1})
+	e.Configure()
+	const n = 60
+	u := e.NewUser("paid", n*int64(b.N))
+	src := testenv.PNG(testenv.Gradient(256, 256))
+	id := e.UploadOK(u.Key, src)
+	var svc, alone []time.Duration
+	for i := 0; i < b.N; i++ {
+		for k := 0; k < n; k++ {
+			time.Sleep(5 * time.Millisecond) // idle between requests
+			t0 := time.Now()
+			e.Want(e.Upsize(context.Background(), u.Key, id, "2x", fmt.Sprintf("so-%d-%d", i, k)), 201, "")
+			svc = append(svc, time.Since(t0))
+			t1 := time.Now()
+			direct(b, e, src, 2)
+			alone = append(alone, time.Since(t1))
+		}
+	}
+	slices.Sort(svc)
+	slices.Sort(alone)
+	b.ReportMetric(float64(svc[len(svc)/2].Microseconds())/1000, "service-p50-ms")
+	b.ReportMetric(float64(alone[len(alone)/2].Microseconds())/1000, "imageops-p50-ms")
+	b.ReportMetric(float64((svc[len(svc)/2]-alone[len(alone)/2]).Microseconds())/1000, "added-p50-ms")
+}
+
+// BenchmarkServiceThroughput sends a burst of upsizes through the service (one worker, concurrency 2)
+// and runs the same jobs on imageops directly with 2 goroutines; reports both rates and their ratio.
+func BenchmarkServiceThroughput(b *testing.B) {
+	const n, conc = 48, 2
+	def, _ := config.Load("worker", func(string) string { return "" })
+	e := testenv.New(b, testenv.Options{PollInterval: def.WorkerPollInterval, Concurrency: conc})
+	e.Configure()
+	u := e.NewUser("paid", n*int64(b.N))
+	src := testenv.PNG(testenv.Noise(384, 384, 5))
+	id := e.UploadOK(u.Key, src)
+	var svc, alone time.Duration
+	for i := 0; i < b.N; i++ {
+		t0 := time.Now()
+		var wg sync.WaitGroup
+		for k := 0; k < n; k++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				e.Want(e.Upsize(context.Background(), u.Key, id, "2x", fmt.Sprintf("st-%d-%d", i, k)), 201, "")
+			}()
+		}
+		wg.Wait()
+		svc += time.Since(t0)
+
+		t1 := time.Now()
+		jobs := make(chan int, n)
+		for k := 0; k < n; k++ {
+			jobs <- k
+		}
+		close(jobs)
+		for g := 0; g < conc; g++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for range jobs {
+					direct(b, e, src, 2)
+				}
+			}()
+		}
+		wg.Wait()
+		alone += time.Since(t1)
+	}
+	total := float64(n * b.N)
+	b.ReportMetric(total/svc.Seconds(), "service-images/s")
+	b.ReportMetric(total/alone.Seconds(), "imageops-images/s")
+	b.ReportMetric(alone.Seconds()/svc.Seconds(), "ratio")
+}
