@@ -215,19 +215,21 @@ func answerKnown(c *gin.Context, d *Deps, known cancel.Request, ask asked, began
 
 // await answers with the request's outcome once the registry has one, or 202 when UPSIZE_WAIT_TIMEOUT
 // (counted from the request's arrival) runs out first. It re-reads the state only when the hub says it
-// may have changed. A client that goes away does not cancel anything.
+// may have changed. A client that goes away does not cancel anything. The request is admitted, so a
+// Redis outage meanwhile is not an error of the request: it is re-read once Redis answers again (the hub
+// wakes everyone when its subscription comes back; a short back-off covers the rest) or answered 202.
 func await(c *gin.Context, d *Deps, userID int64, rid string, wake <-chan struct{}, began time.Time) {
 	ctx := c.Request.Context()
 	timer := time.NewTimer(max(0, d.Limits.WaitTimeout-time.Since(began)))
 	defer timer.Stop()
 	woken := false
 	for {
+		var retry <-chan time.Time
 		req, err := d.Registry.Get(ctx, userID, rid)
-		if err != nil && ctx.Err() == nil {
-			unavailable(c, reasonQueueUnavailable, err)
-			return
-		}
-		if req.State.Terminal() {
+		switch {
+		case err != nil:
+			retry = time.After(250 * time.Millisecond)
+		case req.State.Terminal():
 			if woken && req.State == cancel.Canceled && d.Measure != nil && !req.Finished.IsZero() {
 				d.Measure.CancelToAnswer.Observe(time.Since(req.Finished).Seconds())
 			}
@@ -237,6 +239,7 @@ func await(c *gin.Context, d *Deps, userID int64, rid string, wake <-chan struct
 		select {
 		case <-wake:
 			woken = true
+		case <-retry:
 		case <-timer.C:
 			accepted(c, rid)
 			return
