@@ -234,3 +234,51 @@ func BenchmarkServiceThroughput(b *testing.B) {
 	b.ReportMetric(total/alone.Seconds(), "imageops-images/s")
 	b.ReportMetric(alone.Seconds()/svc.Seconds(), "ratio")
 }
+
+// BenchmarkPaidDuringFreeBurst measures paid users' upsize latency while a burst of free users' upsizes
+// drains (paid tasks go to the higher-priority queue), against the same paid requests on an idle service.
+func BenchmarkPaidDuringFreeBurst(b *testing.B) {
+	def, _ := config.Load("worker", func(string) string { return "" })
+	e := testenv.New(b, testenv.Options{PollInterval: def.WorkerPollInterval, Concurrency: 2})
+	e.Configure()
+	const burst, paidN = 80, 12
+	free := e.NewUser("free", burst*int64(b.N))
+	paid := e.NewUser("paid", 2*paidN*int64(b.N))
+	src := testenv.PNG(testenv.Noise(320, 320, 7))
+	freeImg, paidImg := e.UploadOK(free.Key, src), e.UploadOK(paid.Key, src)
+	paidRun := func(tag string) []time.Duration {
+		var lat []time.Duration
+		for k := 0; k < paidN; k++ {
+			t0 := time.Now()
+			e.Want(e.Upsize(context.Background(), paid.Key, paidImg, "2x", fmt.Sprintf("%s-%d", tag, k)), 201, "")
+			lat = append(lat, time.Since(t0))
+			time.Sleep(50 * time.Millisecond)
+		}
+		return lat
+	}
+	var idle, during []time.Duration
+	for i := 0; i < b.N; i++ {
+		idle = append(idle, paidRun(fmt.Sprintf("idle-%d", i))...)
+		var wg sync.WaitGroup
+		for k := 0; k < burst; k++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				e.Want(e.Upsize(context.Background(), free.Key, freeImg, "2x", fmt.Sprintf("burst-%d-%d", i, k)), 201, "")
+			}()
+		}
+		for n, _ := e.Queue.Backlog(context.Background()); n < burst/2; n, _ = e.Queue.Backlog(context.Background()) {
+			time.Sleep(5 * time.Millisecond) // the burst is queued
+		}
+		during = append(during, paidRun(fmt.Sprintf("during-%d", i))...)
+		backlog, _ := e.Queue.Backlog(context.Background())
+		b.ReportMetric(float64(backlog), "free-backlog-after-paid")
+		wg.Wait()
+	}
+	p95 := func(ds []time.Duration) float64 {
+		slices.Sort(ds)
+		return float64(ds[int(0.95*float64(len(ds)-1))].Microseconds()) / 1000
+	}
+	b.ReportMetric(p95(idle), "paid-idle-p95-ms")
+	b.ReportMetric(p95(during), "paid-during-burst-p95-ms")
+}
