@@ -14,16 +14,14 @@ import (
 	"syscall"
 	"time"
 
-	"upsize/internal/blob"
+	"upsize/internal/app"
 	"upsize/internal/cancel"
 	"upsize/internal/config"
 	"upsize/internal/httpapi"
-	"upsize/internal/imageops"
 	"upsize/internal/jobs"
 	"upsize/internal/metrics"
 	"upsize/internal/obs"
 	"upsize/internal/redisconn"
-	"upsize/internal/store"
 )
 
 func main() {
@@ -37,32 +35,16 @@ func main() {
 
 // run serves until ctx is done, then drains: readiness turns 503 at once, requests keep being served for
 // DRAIN_DELAY (so load balancers stop sending), waiting upsizes answer 202 before DRAIN_TIMEOUT runs out,
-// and the server stops. listening, when not nil, receives the bound address (tests listen on :0).
-func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.Writer, listening ...chan<- string) error {
-	cfg, err := config.Load("api", getenv)
-	if err != nil {
-		return err
-	}
-	log := obs.NewLogger(stdout, cfg.LogLevel, "api")
-	imageops.Init(cfg.VipsConcurrency)
-
+// and the server stops.
+func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.Writer) error {
 	// Each waiting upsize holds no connection (one pub/sub connection serves them all), so the pool is
 	// for short commands; it is sized for bursts of admissions.
-	pool := cfg.RedisPoolSize
-	if pool == 0 {
-		pool = 256
-	}
-	rdb, err := redisconn.Open(cfg.RedisURL, pool)
+	base, err := app.Open("api", getenv, stdout, func(config.Config) int { return 256 })
 	if err != nil {
 		return err
 	}
-	defer rdb.Close()
-	blobs, err := blob.NewFS(cfg.BlobDir)
-	if err != nil {
-		return err
-	}
-	st := store.New(rdb, store.DefaultKeys)
-	reg := cancel.NewRegistry(rdb, store.DefaultKeys, cfg.RequestTTL)
+	defer base.Close()
+	cfg, log, rdb, reg := base.Config, base.Log, base.Redis, base.Registry
 	hub := cancel.NewHub(rdb, reg)
 	hubCtx, stopHub := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopHub()
@@ -81,7 +63,7 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.
 	var draining atomic.Bool
 	stopWaiting := make(chan struct{})
 	deps := &httpapi.Deps{
-		Log: log, Store: st, Registry: reg, Hub: hub, Queue: queue, Blobs: blobs,
+		Log: log, Store: base.Store, Registry: reg, Hub: hub, Queue: queue, Blobs: base.Blobs,
 		Limits: httpapi.Limits{
 			MaxUploadBytes: cfg.MaxUploadBytes, MaxInputPixels: cfg.MaxInputPixels, MaxOutputPixels: cfg.MaxOutputPixels,
 			QueueMaxBacklog: cfg.QueueMaxBacklog, WaitTimeout: cfg.UpsizeWaitTimeout,
@@ -113,9 +95,6 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.
 	}
 	log.Info("listening", "addr", ln.Addr().String(), "redis", redisconn.Redact(cfg.RedisURL), "blob_dir", cfg.BlobDir,
 		"admin_api", cfg.AdminToken != "")
-	for _, c := range listening {
-		c <- ln.Addr().String()
-	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 

@@ -16,7 +16,7 @@ import (
 
 	"github.com/hibiken/asynq"
 
-	"upsize/internal/blob"
+	"upsize/internal/app"
 	"upsize/internal/cancel"
 	"upsize/internal/config"
 	"upsize/internal/imageops"
@@ -24,7 +24,6 @@ import (
 	"upsize/internal/metrics"
 	"upsize/internal/obs"
 	"upsize/internal/redisconn"
-	"upsize/internal/store"
 )
 
 func main() {
@@ -38,29 +37,13 @@ func main() {
 
 // run works until ctx is done, then stops taking tasks and gives in-flight ones SHUTDOWN_TIMEOUT to
 // finish; asynq hands back what is still running, and another worker runs it again.
-func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.Writer, listening ...chan<- string) error {
-	cfg, err := config.Load("worker", getenv)
+func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.Writer) error {
+	base, err := app.Open("worker", getenv, stdout, func(c config.Config) int { return 4*c.WorkerConcurrency + 16 })
 	if err != nil {
 		return err
 	}
-	log := obs.NewLogger(stdout, cfg.LogLevel, "worker")
-	imageops.Init(cfg.VipsConcurrency)
-
-	pool := cfg.RedisPoolSize
-	if pool == 0 {
-		pool = 4*cfg.WorkerConcurrency + 16
-	}
-	rdb, err := redisconn.Open(cfg.RedisURL, pool)
-	if err != nil {
-		return err
-	}
-	defer rdb.Close()
-	blobs, err := blob.NewFS(cfg.BlobDir)
-	if err != nil {
-		return err
-	}
-	st := store.New(rdb, store.DefaultKeys)
-	reg := cancel.NewRegistry(rdb, store.DefaultKeys, cfg.RequestTTL)
+	defer base.Close()
+	cfg, log, rdb, reg := base.Config, base.Log, base.Redis, base.Registry
 	inflight := cancel.NewInflight(rdb, reg)
 	listenCtx, stopListening := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopListening()
@@ -72,7 +55,7 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.
 
 	promReg := obs.NewRegistry()
 	proc := &jobs.Processor{
-		Registry: reg, Inflight: inflight, Images: st, Blobs: blobs, Upsize: imageops.Upsize,
+		Registry: reg, Inflight: inflight, Images: base.Store, Blobs: base.Blobs, Upsize: imageops.Upsize,
 		Encoding: imageops.DefaultEncoding, MaxInputPixels: cfg.MaxInputPixels, MaxOutputPixels: cfg.MaxOutputPixels,
 		Log: log, Metrics: metrics.NewWorker(promReg, rdb),
 	}
@@ -118,9 +101,6 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.
 	}
 	log.Info("working", "addr", ln.Addr().String(), "concurrency", cfg.WorkerConcurrency,
 		"poll_interval", cfg.WorkerPollInterval, "redis", redisconn.Redact(cfg.RedisURL), "blob_dir", cfg.BlobDir)
-	for _, c := range listening {
-		c <- ln.Addr().String()
-	}
 
 	<-ctx.Done()
 	log.Info("shutting down", "timeout", cfg.ShutdownTimeout)

@@ -14,7 +14,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -40,32 +39,20 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
-
 // proc is a running binary.
 type proc struct {
 	t    *testing.T
 	name string
 	cmd  *exec.Cmd
 	addr string
-	logs *syncBuffer
+	logs *testenv.SyncBuffer
 	done chan error
 }
 
 // start runs a binary with env on a free port and waits for it to announce its address.
 func start(t *testing.T, name string, env map[string]string) *proc {
 	t.Helper()
-	p := &proc{t: t, name: name, logs: &syncBuffer{}, done: make(chan error, 1)}
+	p := &proc{t: t, name: name, logs: &testenv.SyncBuffer{}, done: make(chan error, 1)}
 	p.cmd = exec.Command(filepath.Join(bin, name))
 	p.cmd.Env = append(os.Environ(), "HTTP_ADDR=127.0.0.1:0")
 	for k, v := range env {

@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -219,9 +220,10 @@ func handleSetModel(s *store.Store) gin.HandlerFunc {
 	}
 }
 
-func handleDeleteModel(s *store.Store) gin.HandlerFunc {
+// handleDelete answers 204 once del has removed a setting.
+func handleDelete(del func(context.Context) error) gin.HandlerFunc {
 	return func(c *gin.Context) {
-		if err := s.DeleteModel(c.Request.Context()); err != nil {
+		if err := del(c.Request.Context()); err != nil {
 			unavailable(c, reasonServiceUnavailable, err)
 			return
 		}
@@ -255,15 +257,5 @@ func handleSetCosts(s *store.Store) gin.HandlerFunc {
 			return
 		}
 		c.JSON(http.StatusOK, gin.H{"costs": costs})
-	}
-}
-
-func handleDeleteCosts(s *store.Store) gin.HandlerFunc {
-	return func(c *gin.Context) {
-		if err := s.DeleteCosts(c.Request.Context()); err != nil {
-			unavailable(c, reasonServiceUnavailable, err)
-			return
-		}
-		c.Status(http.StatusNoContent)
 	}
 }

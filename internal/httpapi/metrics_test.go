@@ -1,13 +1,11 @@
 package httpapi_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -92,23 +90,10 @@ func TestMetricsAfterTraffic(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for the concurrent writes of a logger.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
-
 // Logs are JSON lines: one per HTTP request with its request id and user id, one per task with its task,
 // request and user ids; API keys and the admin token never appear.
 func TestLogsCarryIDsAndNoSecrets(t *testing.T) {
-	var logs syncBuffer
+	var logs testenv.SyncBuffer
 	e := testenv.New(t, testenv.Options{LogTo: &logs})
 	e.Configure()
 	u := e.NewUser("paid", 5)

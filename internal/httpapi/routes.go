@@ -89,15 +89,15 @@ func addRoutes(r *gin.Engine, d *Deps) {
 	admin.POST("/users/:id/api-keys", handleCreateAPIKey(d.Store))
 	admin.POST("/images", handleUpload(d, true))
 	admin.PUT("/models/upsize", handleSetModel(d.Store))
-	admin.DELETE("/models/upsize", handleDeleteModel(d.Store))
+	admin.DELETE("/models/upsize", handleDelete(d.Store.DeleteModel))
 	admin.PUT("/credit-costs/upsize", handleSetCosts(d.Store))
-	admin.DELETE("/credit-costs/upsize", handleDeleteCosts(d.Store))
+	admin.DELETE("/credit-costs/upsize", handleDelete(d.Store.DeleteCosts))
 
 	r.NoRoute(func(c *gin.Context) { fail(c, http.StatusNotFound, reasonNotFound) })
 	r.NoMethod(func(c *gin.Context) { fail(c, http.StatusMethodNotAllowed, reasonMethodNotAllowed) })
 }
 
-// readJSONBody reads a small JSON body; over max bytes it answers 413.
+// readBody reads a small body; over max bytes it answers 413.
 func readBody(c *gin.Context, max int64) ([]byte, bool) {
 	b, err := io.ReadAll(http.MaxBytesReader(c.Writer, c.Request.Body, max))
 	if err != nil {
