@@ -34,6 +34,8 @@ func Open(role string, getenv func(string) string, stdout io.Writer, defaultPool
 	if err != nil {
 		return nil, err
 	}
+	log := obs.NewLogger(stdout, cfg.LogLevel, role)
+	imageops.SetLogger(log)
 	imageops.Init(cfg.VipsConcurrency)
 	pool := cfg.RedisPoolSize
 	if pool == 0 {
@@ -50,7 +52,7 @@ func Open(role string, getenv func(string) string, stdout io.Writer, defaultPool
 	}
 	return &Base{
 		Config:   cfg,
-		Log:      obs.NewLogger(stdout, cfg.LogLevel, role),
+		Log:      log,
 		Redis:    rdb,
 		Blobs:    blobs,
 		Store:    store.New(rdb, store.DefaultKeys),

@@ -13,7 +13,9 @@ import (
 	"image/jpeg"
 	"image/png"
 	"io"
+	"log/slog"
 	"math/rand"
+	"strings"
 	"testing"
 	"time"
 
@@ -464,4 +466,16 @@ func abs(x int) int {
 		return -x
 	}
 	return x
+}
+
+// libvips' warnings reach the service's JSON log, not raw stderr.
+func TestLibvipsMessagesGoToTheLogger(t *testing.T) {
+	var buf bytes.Buffer
+	SetLogger(slog.New(slog.NewJSONHandler(&buf, nil)))
+	defer SetLogger(nil)
+	j := encJPEG(t, noise(64, 64, 3), 90)
+	Validate(j[:len(j)/2])
+	if !strings.Contains(buf.String(), `"msg":"libvips"`) {
+		t.Fatalf("no libvips line in the log: %q", buf.String())
+	}
 }

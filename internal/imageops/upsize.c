@@ -6,7 +6,14 @@
 #include "upsize.h"
 #include "_cgo_export.h"
 
+/* libvips reports damaged input and the like through GLib's log; send it to the service's JSON log
+ * instead of raw text on stderr. */
+static void log_cb(const gchar *domain, GLogLevelFlags level, const gchar *message, gpointer user) {
+	upGoLog((int) (level & G_LOG_LEVEL_MASK), (char *) message);
+}
+
 void up_init(int vips_concurrency) {
+	g_log_set_handler("VIPS", G_LOG_LEVEL_MASK | G_LOG_FLAG_FATAL | G_LOG_FLAG_RECURSION, log_cb, NULL);
 	/* Worker memory must stay flat: glibc's default of 8 arenas per core fragments badly under
 	 * libvips' thread pools. Two arenas keep RSS bounded at no measurable speed cost. */
 	mallopt(M_ARENA_MAX, 2);

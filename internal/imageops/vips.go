@@ -3,6 +3,7 @@ package imageops
 /*
 #cgo pkg-config: vips
 #include <stdlib.h>
+#include <glib.h>
 #include "upsize.h"
 */
 import "C"
@@ -11,6 +12,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"runtime/cgo"
 	"sync"
 	"sync/atomic"
@@ -21,9 +23,30 @@ import (
 
 var initOnce sync.Once
 
-// Init configures libvips once per process: operation cache off, malloc arenas bounded, and the number
-// of threads one libvips evaluation may use (0 keeps the current setting). bimg starts libvips itself
-// when the package loads.
+// logger receives libvips' own messages (warnings about damaged input and the like).
+var logger atomic.Pointer[slog.Logger]
+
+// SetLogger sends libvips' messages to l (by default they are dropped after Init).
+func SetLogger(l *slog.Logger) { logger.Store(l) }
+
+//export upGoLog
+func upGoLog(level C.int, msg *C.char) {
+	l := logger.Load()
+	if l == nil {
+		return
+	}
+	lvl := slog.LevelWarn
+	if level&(C.G_LOG_LEVEL_ERROR|C.G_LOG_LEVEL_CRITICAL) != 0 {
+		lvl = slog.LevelError
+	} else if level&(C.G_LOG_LEVEL_INFO|C.G_LOG_LEVEL_DEBUG) != 0 {
+		lvl = slog.LevelDebug
+	}
+	l.Log(context.Background(), lvl, "libvips", "message", C.GoString(msg))
+}
+
+// Init configures libvips once per process: operation cache off, malloc arenas bounded, libvips' log
+// into SetLogger's logger, and the number of threads one libvips evaluation may use (0 keeps the
+// current setting). bimg starts libvips itself when the package loads.
 func Init(vipsConcurrency int) {
 	initOnce.Do(func() {
 		bimg.VipsCacheSetMax(0)
