@@ -1,0 +1,250 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"image"
+	_ "image/jpeg"
+	_ "image/png"
+	"io"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"upsize/internal/jobs"
+)
+
+const fakeAdminToken = "test-admin-token"
+
+// fakeAPI is the service as SPEC describes it, cut down to what the tool uses. Upsizes answer in a
+// fixed pattern (201, 202, 409, 429, again and again) and keep asynq's lists in Redis up to date the way
+// the real queue would: a 201 holds an active task while it works, a 202 leaves a pending task until
+// its request is polled twice and completes. With hang set, upsizes wait until their client gives up.
+// It notes everything that breaks the contract in problems.
+type fakeAPI struct {
+	rdb  *redis.Client
+	hang bool
+
+	mu         sync.Mutex
+	nextID     int64
+	keys       map[string]int64 // API key → user id
+	plans      map[int64]string // user id → plan
+	owners     map[int64]int64  // image id → owner
+	uploads    map[int64][]string
+	configured map[string]string // admin path → body
+	upsizes    int
+	byUser     map[int64]int
+	rids       map[string]bool // "<user>/<request id>" of every upsize
+	polls      map[string]int  // "<user>/<request id>" of a 202 → polls so far
+	cancels    []string
+	problems   []string
+}
+
+func newFakeAPI(rdb *redis.Client, hang bool) (*fakeAPI, http.Handler) {
+	f := &fakeAPI{rdb: rdb, hang: hang, keys: map[string]int64{}, plans: map[int64]string{}, owners: map[int64]int64{},
+		uploads: map[int64][]string{}, configured: map[string]string{}, byUser: map[int64]int{}, rids: map[string]bool{}, polls: map[string]int{}}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /admin/users", f.admin(f.createUser))
+	mux.HandleFunc("POST /admin/users/{id}/api-keys", f.admin(f.createKey))
+	mux.HandleFunc("PUT /admin/models/upsize", f.admin(f.configure))
+	mux.HandleFunc("PUT /admin/credit-costs/upsize", f.admin(f.configure))
+	mux.HandleFunc("POST /api/images", f.public(f.upload))
+	mux.HandleFunc("POST /api/images/{id}/upsize", f.public(f.upsize))
+	mux.HandleFunc("GET /api/requests/{rid}", f.public(f.request))
+	mux.HandleFunc("POST /api/images/cancel", f.public(f.cancel))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		f.problem("unexpected %s %s", r.Method, r.URL.Path)
+		fail(w, http.StatusNotFound, "not_found")
+	})
+	return f, mux
+}
+
+func (f *fakeAPI) problem(format string, args ...any) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.problems = append(f.problems, fmt.Sprintf(format, args...))
+}
+
+func fail(w http.ResponseWriter, code int, reason string) {
+	answer(w, code, map[string]any{"success": false, "code": code, "data": reason})
+}
+
+func answer(w http.ResponseWriter, code int, body any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(body)
+}
+
+func (f *fakeAPI) admin(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "Bearer "+fakeAdminToken {
+			f.problem("%s %s without the admin token", r.Method, r.URL.Path)
+			fail(w, http.StatusUnauthorized, "invalid_admin_token")
+			return
+		}
+		h(w, r)
+	}
+}
+
+type userKey struct{}
+
+func (f *fakeAPI) public(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		f.mu.Lock()
+		user, ok := f.keys[r.Header.Get("X-Api-Key")]
+		f.mu.Unlock()
+		if !ok {
+			f.problem("%s %s with API key %q", r.Method, r.URL.Path, r.Header.Get("X-Api-Key"))
+			fail(w, http.StatusUnauthorized, "wrong_api_key")
+			return
+		}
+		h(w, r.WithContext(context.WithValue(r.Context(), userKey{}, user)))
+	}
+}
+
+func (f *fakeAPI) createUser(w http.ResponseWriter, r *http.Request) {
+	var u struct {
+		Plan    string `json:"plan"`
+		Credits int64  `json:"credits"`
+	}
+	if err := json.NewDecoder(r.Body).Decode(&u); err != nil || (u.Plan != "paid" && u.Plan != "free") || u.Credits < 1 {
+		f.problem("create user: %+v %v", u, err)
+	}
+	f.mu.Lock()
+	f.nextID++
+	id := f.nextID
+	f.plans[id] = u.Plan
+	f.mu.Unlock()
+	answer(w, http.StatusCreated, map[string]any{"user": map[string]any{"id": id, "plan": u.Plan, "credits": u.Credits}})
+}
+
+func (f *fakeAPI) createKey(w http.ResponseWriter, r *http.Request) {
+	id, _ := strconv.ParseInt(r.PathValue("id"), 10, 64)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.plans[id] == "" {
+		f.problems = append(f.problems, "API key of unknown user "+r.PathValue("id"))
+	}
+	key := "key-" + r.PathValue("id")
+	f.keys[key] = id
+	answer(w, http.StatusCreated, map[string]any{"apiKey": key, "userId": id, "expiresAt": nil})
+}
+
+func (f *fakeAPI) configure(w http.ResponseWriter, r *http.Request) {
+	b, _ := io.ReadAll(r.Body)
+	f.mu.Lock()
+	f.configured[r.URL.Path] = string(b)
+	f.mu.Unlock()
+	answer(w, http.StatusOK, json.RawMessage(b))
+}
+
+func (f *fakeAPI) upload(w http.ResponseWriter, r *http.Request) {
+	user := r.Context().Value(userKey{}).(int64)
+	file, _, err := r.FormFile("file")
+	if err != nil {
+		f.problem("upload without file: %v", err)
+		fail(w, http.StatusBadRequest, "missing_file")
+		return
+	}
+	cfg, format, err := image.DecodeConfig(file)
+	if err != nil {
+		f.problem("upload does not decode: %v", err)
+		fail(w, http.StatusUnsupportedMediaType, "unsupported_image_format")
+		return
+	}
+	f.mu.Lock()
+	f.nextID++
+	id := f.nextID
+	f.owners[id] = user
+	f.uploads[user] = append(f.uploads[user], fmt.Sprintf("%dx%d.%s", cfg.Width, cfg.Height, format))
+	f.mu.Unlock()
+	answer(w, http.StatusCreated, map[string]any{"image": dto(id, cfg.Width, cfg.Height, "1x", user)})
+}
+
+func dto(id int64, w, h int, scale string, owner int64) map[string]any {
+	return map[string]any{"imageId": id, "resolution": fmt.Sprintf("%dx%d", w, h), "scaleSize": scale, "ownerId": owner}
+}
+
+func (f *fakeAPI) upsize(w http.ResponseWriter, r *http.Request) {
+	user := r.Context().Value(userKey{}).(int64)
+	rid := r.Header.Get("X-Request-Id")
+	w.Header().Set("X-Request-Id", rid)
+	img, _ := strconv.ParseInt(r.PathValue("id"), 10, 64)
+	var body struct {
+		ScaleSize string `json:"scaleSize"`
+	}
+	err := json.NewDecoder(r.Body).Decode(&body)
+	f.mu.Lock()
+	n := f.upsizes
+	f.upsizes++
+	f.byUser[user]++
+	if rid == "" || f.rids[fmt.Sprint(user, "/", rid)] {
+		f.problems = append(f.problems, fmt.Sprintf("upsize request id %q missing or reused", rid))
+	}
+	f.rids[fmt.Sprint(user, "/", rid)] = true
+	if f.owners[img] != user || err != nil || parseScale(body.ScaleSize) != nil || r.Header.Get("Content-Type") != "application/json" {
+		f.problems = append(f.problems, fmt.Sprintf("upsize of image %d by user %d, body %+v (%v)", img, user, body, err))
+	}
+	queue := jobs.QueueFor(f.plans[user])
+	f.mu.Unlock()
+
+	if f.hang {
+		<-r.Context().Done()
+		return
+	}
+	ctx := context.WithoutCancel(r.Context())
+	switch n % 4 {
+	case 0:
+		f.rdb.RPush(ctx, jobs.ActiveKey(queue), rid)
+		time.Sleep(30 * time.Millisecond)
+		f.rdb.LRem(ctx, jobs.ActiveKey(queue), 1, rid)
+		answer(w, http.StatusCreated, map[string]any{"image": dto(1000+int64(n), 64, 64, body.ScaleSize, user)})
+	case 1:
+		f.rdb.RPush(ctx, jobs.PendingKey(queue), rid)
+		f.mu.Lock()
+		f.polls[fmt.Sprint(user, "/", rid)] = 0
+		f.mu.Unlock()
+		answer(w, http.StatusAccepted, map[string]any{"success": true, "code": 202, "data": map[string]string{"requestId": rid}})
+	case 2:
+		fail(w, http.StatusConflict, "user_canceled_request")
+	case 3:
+		w.Header().Set("Retry-After", "1")
+		fail(w, http.StatusTooManyRequests, "queue_full")
+	}
+}
+
+// request is GET /api/requests/{rid}: queued for the first poll, completed from the second on.
+func (f *fakeAPI) request(w http.ResponseWriter, r *http.Request) {
+	user := r.Context().Value(userKey{}).(int64)
+	rid := r.PathValue("rid")
+	key := fmt.Sprint(user, "/", rid)
+	f.mu.Lock()
+	polls, ok := f.polls[key]
+	f.polls[key] = polls + 1
+	queue := jobs.QueueFor(f.plans[user])
+	f.mu.Unlock()
+	if !ok {
+		f.problem("poll of %s, which was not answered 202", key)
+		fail(w, http.StatusNotFound, "no_request ("+rid+")")
+		return
+	}
+	if polls == 0 {
+		answer(w, http.StatusOK, map[string]any{"requestId": rid, "state": "queued"})
+		return
+	}
+	f.rdb.LRem(r.Context(), jobs.PendingKey(queue), 1, rid)
+	answer(w, http.StatusOK, map[string]any{"requestId": rid, "state": "completed", "image": dto(5000, 64, 64, "2x", user)})
+}
+
+func (f *fakeAPI) cancel(w http.ResponseWriter, r *http.Request) {
+	user := r.Context().Value(userKey{}).(int64)
+	f.mu.Lock()
+	f.cancels = append(f.cancels, fmt.Sprint(user, "/", r.Header.Get("X-Request-Id")))
+	f.mu.Unlock()
+	w.Header().Set("X-Request-Id", r.Header.Get("X-Request-Id"))
+	answer(w, http.StatusOK, map[string]any{"success": true, "code": 200, "data": "canceled"})
+}
