@@ -1,0 +1,490 @@
+package check
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	monv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
+)
+
+// Each check must be able to fail: every case breaks one rendered overlay the way a careless edit
+// would, and the named check must report it (with the given words), while the unbroken overlay passes.
+
+func (r *rendered) deployment(name string) *appsv1.Deployment {
+	for _, d := range r.deployments {
+		if d.Name == name {
+			return d
+		}
+	}
+	panic("no Deployment " + name)
+}
+
+func (r *rendered) container(deployment string) *corev1.Container {
+	return &r.deployment(deployment).Spec.Template.Spec.Containers[0]
+}
+
+func setEnv(c *corev1.Container, name, value string) {
+	for i := range c.Env {
+		if c.Env[i].Name == name {
+			c.Env[i] = corev1.EnvVar{Name: name, Value: value}
+			return
+		}
+	}
+	c.Env = append(c.Env, corev1.EnvVar{Name: name, Value: value})
+}
+
+func (r *rendered) service(name string) *corev1.Service {
+	for _, s := range r.services {
+		if s.Name == name {
+			return s
+		}
+	}
+	panic("no Service " + name)
+}
+
+func (r *rendered) netpol(name string) *networkingv1.NetworkPolicy {
+	for _, n := range r.netpols {
+		if n.Name == name {
+			return n
+		}
+	}
+	panic("no NetworkPolicy " + name)
+}
+
+type mutation struct {
+	name    string
+	overlay string
+	mutate  func(r *rendered)
+	check   func(r *rendered) []error
+	want    string
+}
+
+const api, worker = "upsize-api", "upsize-worker"
+
+var mutations = []mutation{
+	{"pod labels drift from selector", "production", func(r *rendered) {
+		r.deployment(api).Spec.Template.Labels["app.kubernetes.io/component"] = "apx"
+	}, checkSelectors, "does not match its own pod labels"},
+	{"selector overlaps another workload", "production", func(r *rendered) {
+		delete(r.deployment(api).Spec.Selector.MatchLabels, "app.kubernetes.io/component")
+	}, checkSelectors, "also matches the pods of Deployment/upsize-worker"},
+
+	{"Service targetPort misnamed", "production", func(r *rendered) {
+		r.service(api).Spec.Ports[0].TargetPort = intstr.FromString("htp")
+	}, checkServices, "targetPort htp is not a container port"},
+	{"Service selects nothing", "production", func(r *rendered) {
+		r.service("upsize-worker-metrics").Spec.Selector["app.kubernetes.io/component"] = "workers"
+	}, checkServices, "matches no pods"},
+	{"StatefulSet without its headless Service", "single-node", func(r *rendered) {
+		r.statefulSets[0].Spec.ServiceName = "redis-x"
+	}, checkServices, `serviceName "redis-x"`},
+
+	{"PDB allows no eviction", "production", func(r *rendered) {
+		r.pdbs[0].Spec.MaxUnavailable = ptr.To(intstr.FromInt32(0))
+	}, checkPDBs, "allows no eviction"},
+	{"PDB minAvailable blocks drains", "single-node", func(r *rendered) {
+		r.pdbs[0].Spec.MaxUnavailable = nil
+		r.pdbs[0].Spec.MinAvailable = ptr.To(intstr.FromInt32(1))
+	}, checkPDBs, "blocks every eviction at 1 replicas"},
+	{"PDB over two workloads", "production", func(r *rendered) {
+		delete(r.pdbs[0].Spec.Selector.MatchLabels, "app.kubernetes.io/component")
+	}, checkPDBs, "want exactly one"},
+	{"Deployment without PDB", "production", func(r *rendered) {
+		r.pdbs = r.pdbs[:1]
+	}, checkPDBs, "no PodDisruptionBudget"},
+
+	{"HPA targets a missing Deployment", "production", func(r *rendered) {
+		r.hpas[0].Spec.ScaleTargetRef.Name = "upsize-apii"
+	}, checkAutoscaling, "target Deployment upsize-apii is not rendered"},
+	{"Deployment sets replicas under its autoscaler", "production", func(r *rendered) {
+		r.deployment(worker).Spec.Replicas = ptr.To(int32(3))
+	}, checkAutoscaling, "sets replicas"},
+	{"HPA without CPU", "production", func(r *rendered) {
+		r.hpas[0].Spec.Metrics[0].Resource.Name = corev1.ResourceMemory
+	}, checkAutoscaling, "no CPU utilisation metric"},
+	{"HPA on a Deployment without CPU request", "production", func(r *rendered) {
+		delete(r.container(api).Resources.Requests, corev1.ResourceCPU)
+	}, checkAutoscaling, "no CPU request"},
+
+	{"misspelt variable", "production", func(r *rendered) {
+		setEnv(r.container(worker), "WORKER_CONCURENCY", "2")
+	}, checkEnvNames, "WORKER_CONCURENCY is not read by internal/config"},
+	{"unknown variable in the ConfigMap", "single-node", func(r *rendered) {
+		for _, cm := range r.configMaps {
+			if strings.HasPrefix(cm.Name, "upsize-config") {
+				cm.Data["REDIS_ADDR"] = "redis:6379"
+			}
+		}
+	}, checkEnvNames, "REDIS_ADDR is not read"},
+	{"value internal/config refuses", "production", func(r *rendered) {
+		setEnv(r.container(api), "DRAIN_DELAY", "5")
+	}, checkEnvNames, "internal/config refuses"},
+
+	{"HTTP_ADDR off the container port", "production", func(r *rendered) {
+		setEnv(r.container(api), "HTTP_ADDR", ":8081")
+	}, checkRoles, "HTTP_ADDR port 8081 is not a container port"},
+	{"Deployment runs something else", "production", func(r *rendered) {
+		r.container(worker).Command = []string{"/usr/local/bin/upsize-wrker"}
+	}, checkRoles, "0 worker containers"},
+
+	{"readiness on a route nobody serves", "production", func(r *rendered) {
+		r.container(api).ReadinessProbe.HTTPGet.Path = "/ready"
+	}, checkProbes, "readiness probe path /ready"},
+	{"liveness on the wrong port", "production", func(r *rendered) {
+		r.container(worker).LivenessProbe.HTTPGet.Port = intstr.FromInt32(8080)
+	}, checkProbes, "liveness probe port 8080"},
+	{"no readiness probe", "single-node", func(r *rendered) {
+		r.container(worker).ReadinessProbe = nil
+	}, checkProbes, "no HTTP readiness probe"},
+
+	{"API grace below its drain", "production", func(r *rendered) {
+		r.deployment(api).Spec.Template.Spec.TerminationGracePeriodSeconds = ptr.To(int64(30))
+	}, checkShutdownTiming, "grace 30s <= preStop 5s + DRAIN_DELAY 5s + DRAIN_TIMEOUT 25s"},
+	{"API without drain delay", "production", func(r *rendered) {
+		setEnv(r.container(api), "DRAIN_DELAY", "0s")
+	}, checkShutdownTiming, "DRAIN_DELAY is 0"},
+	{"readiness too slow for the drain delay", "production", func(r *rendered) {
+		r.container(api).ReadinessProbe.PeriodSeconds = 5
+	}, checkShutdownTiming, "readiness needs 10s"},
+	{"preStop that is not a sleep", "production", func(r *rendered) {
+		r.container(api).Lifecycle.PreStop.Exec.Command = []string{"/bin/sh", "-c", "sleep 5"}
+	}, checkShutdownTiming, "only a sleep is expected"},
+	{"worker grace below SHUTDOWN_TIMEOUT", "production", func(r *rendered) {
+		r.deployment(worker).Spec.Template.Spec.TerminationGracePeriodSeconds = ptr.To(int64(50))
+	}, checkShutdownTiming, "grace 50s <= SHUTDOWN_TIMEOUT 50s"},
+	{"SHUTDOWN_TIMEOUT below the p99 task time", "single-node", func(r *rendered) {
+		setEnv(r.container(worker), "SHUTDOWN_TIMEOUT", "20s")
+	}, checkShutdownTiming, "<= the p99 task time 30s"},
+
+	{"concurrency above the CPU request", "production", func(r *rendered) {
+		setEnv(r.container(worker), "WORKER_CONCURRENCY", "4")
+	}, checkWorkerConcurrency, "WORKER_CONCURRENCY 4 x 1 libvips threads != CPU request 2"},
+	{"libvips threads not counted", "single-node", func(r *rendered) {
+		setEnv(r.container(worker), "VIPS_CONCURRENCY", "2")
+	}, checkWorkerConcurrency, "x 2 libvips threads"},
+	{"concurrency left to the node's CPU count", "production", func(r *rendered) {
+		c := r.container(worker)
+		for i, e := range c.Env {
+			if e.Name == "WORKER_CONCURRENCY" {
+				c.Env = append(c.Env[:i], c.Env[i+1:]...)
+				break
+			}
+		}
+	}, checkWorkerConcurrency, "WORKER_CONCURRENCY not set"},
+	{"fractional CPU request", "production", func(r *rendered) {
+		r.container(worker).Resources.Requests[corev1.ResourceCPU] = resource.MustParse("1500m")
+	}, checkWorkerConcurrency, "not whole cores"},
+
+	{"root user", "production", func(r *rendered) {
+		r.deployment(api).Spec.Template.Spec.SecurityContext.RunAsUser = ptr.To(int64(0))
+	}, checkSecurityWithImageUID, "no non-zero runAsUser"},
+	{"runAsNonRoot dropped", "single-node", func(r *rendered) {
+		r.statefulSets[0].Spec.Template.Spec.SecurityContext.RunAsNonRoot = nil
+	}, checkSecurityWithImageUID, "runAsNonRoot is not true"},
+	{"container overrides to root", "production", func(r *rendered) {
+		r.container(worker).SecurityContext.RunAsUser = ptr.To(int64(0))
+	}, checkSecurityWithImageUID, "no non-zero runAsUser"},
+	{"user differs from the image's", "production", func(r *rendered) {
+		r.deployment(worker).Spec.Template.Spec.SecurityContext.RunAsUser = ptr.To(int64(1000))
+	}, checkSecurityWithImageUID, "the image's user is 10001"},
+	{"privilege escalation", "production", func(r *rendered) {
+		r.container(api).SecurityContext.AllowPrivilegeEscalation = ptr.To(true)
+	}, checkSecurityWithImageUID, "allowPrivilegeEscalation"},
+
+	{"no memory limit", "production", func(r *rendered) {
+		delete(r.container(api).Resources.Limits, corev1.ResourceMemory)
+	}, checkResources, "no memory limit"},
+	{"no CPU request", "single-node", func(r *rendered) {
+		delete(r.statefulSets[0].Spec.Template.Spec.Containers[0].Resources.Requests, corev1.ResourceCPU)
+	}, checkResources, "no cpu request"},
+	{"limit below request", "production", func(r *rendered) {
+		r.container(worker).Resources.Limits[corev1.ResourceMemory] = resource.MustParse("1Gi")
+	}, checkResources, "memory limit 1Gi below request 2Gi"},
+
+	{"worker mounts blobs elsewhere", "production", func(r *rendered) {
+		r.container(worker).VolumeMounts[0].MountPath = "/blobs"
+	}, checkBlobVolume, "no PersistentVolumeClaim mounted at BLOB_DIR"},
+	{"blob volume per node", "production", func(r *rendered) {
+		r.pvcs[0].Spec.AccessModes = []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce}
+	}, checkBlobVolume, "need ReadWriteMany"},
+	{"blob claims differ", "production", func(r *rendered) {
+		for i := range r.deployment(worker).Spec.Template.Spec.Volumes {
+			if v := &r.deployment(worker).Spec.Template.Spec.Volumes[i]; v.PersistentVolumeClaim != nil {
+				v.PersistentVolumeClaim.ClaimName = "other"
+			}
+		}
+	}, checkBlobVolume, "want one shared claim"},
+
+	{"ConfigMap reference dangles", "production", func(r *rendered) {
+		r.container(api).EnvFrom[0].ConfigMapRef.Name = "upsize-config"
+	}, checkReferences, "envFrom ConfigMap upsize-config is not rendered"},
+	{"Secret neither rendered nor external", "production", func(r *rendered) {
+		r.expect.externalSecrets = nil
+	}, checkReferences, "Secret upsize-secrets is neither rendered nor declared external"},
+
+	{"object outside the namespace", "production", func(r *rendered) {
+		r.service(api).Namespace = "default"
+	}, checkNamespace, `Service upsize-api: namespace "default"`},
+
+	{"ServiceMonitor on a missing port", "production", func(r *rendered) {
+		r.serviceMonitors[0].Spec.Endpoints[0].Port = "web"
+	}, checkServiceMonitors, "has no port named web"},
+	{"ServiceMonitor path", "production", func(r *rendered) {
+		r.serviceMonitors[1].Spec.Endpoints[0].Path = "/metric"
+	}, checkServiceMonitors, `path "/metric"`},
+	{"workers not scraped", "production", func(r *rendered) {
+		r.serviceMonitors = r.serviceMonitors[:1]
+	}, checkServiceMonitors, "no ServiceMonitor scrapes the worker"},
+	{"metrics Service on the wrong container port", "single-node", func(r *rendered) {
+		r.container(worker).Ports = append(r.container(worker).Ports, corev1.ContainerPort{Name: "other", ContainerPort: 9100})
+		r.service("upsize-worker-metrics").Spec.Ports[0].TargetPort = intstr.FromString("other")
+	}, checkServiceMonitors, "/metrics is on 9090"},
+
+	{"workers scraped under the Service's name", "production", func(r *rendered) {
+		r.serviceMonitors[1].Spec.Endpoints[0].RelabelConfigs = nil
+	}, checkServiceMonitors, `scraped as job "upsize-worker-metrics"`},
+	{"alert on a job nobody scrapes", "production", func(r *rendered) {
+		pr := &monv1.PrometheusRule{}
+		pr.Name = "upsize"
+		pr.Spec.Groups = []monv1.RuleGroup{{Name: "g", Rules: []monv1.Rule{{
+			Alert: "NoWorker", Expr: intstr.FromString(`sum(up{job="upsize-workers"}) == 0`)}}}}
+		r.prometheusRules = append(r.prometheusRules, pr)
+	}, checkServiceMonitors, `NoWorker: job "upsize-workers" is not scraped`},
+
+	{"password in a literal REDIS_URL", "single-node", func(r *rendered) {
+		setEnv(r.container(api), "REDIS_URL", "redis://:hunter2@redis:6379/0")
+	}, checkRedisURL, "carries a password outside a Secret"},
+	{"optional REDIS_URL Secret", "production", func(r *rendered) {
+		for _, e := range r.container(worker).Env {
+			if e.Name == "REDIS_URL" {
+				e.ValueFrom.SecretKeyRef.Optional = ptr.To(true)
+			}
+		}
+	}, checkRedisURL, "optional Secret key would fall back"},
+	{"production REDIS_URL as a literal", "production", func(r *rendered) {
+		setEnv(r.container(worker), "REDIS_URL", "redis://redis.example.com:6379/0")
+	}, checkRedisURL, "must come from the Secret"},
+
+	{"Redis without AOF", "single-node", func(r *rendered) {
+		setRedisArg(r, "appendonly", "no")
+	}, checkInClusterRedis, `appendonly "no"`},
+	{"Redis that evicts", "single-node", func(r *rendered) {
+		setRedisArg(r, "maxmemory-policy", "allkeys-lru")
+	}, checkInClusterRedis, `maxmemory-policy "allkeys-lru"`},
+	{"Redis maxmemory above its limit", "single-node", func(r *rendered) {
+		setRedisArg(r, "maxmemory", "3gb")
+	}, checkInClusterRedis, "below the memory limit"},
+	{"service pointed at another Redis", "single-node", func(r *rendered) {
+		setEnv(r.container(worker), "REDIS_URL", "redis://redis-x:6379/0")
+	}, checkInClusterRedis, "does not name a Service"},
+	{"Redis in the production cluster", "production", func(r *rendered) {
+		r.statefulSets = mustLoad("single-node").statefulSets
+	}, checkInClusterRedis, "a Redis runs in the cluster"},
+
+	{"a queue list missing", "production", func(r *rendered) {
+		r.scaledObjects[0].Spec.Triggers = r.scaledObjects[0].Spec.Triggers[:3]
+	}, checkScaledObjects, "want the asynq keys"},
+	{"list name misspelt", "single-node", func(r *rendered) {
+		r.scaledObjects[0].Spec.Triggers[1].Metadata["listName"] = "asynq:upsize_paid:active"
+	}, checkScaledObjects, "want the asynq keys"},
+	{"backlog as a maximum", "production", func(r *rendered) {
+		r.scaledObjects[0].Spec.Advanced.ScalingModifiers.Formula = "max(paid_pending, paid_active) + free_pending + free_active"
+	}, checkScaledObjects, "want their sum"},
+	{"backlog without formula", "production", func(r *rendered) {
+		r.scaledObjects[0].Spec.Advanced = nil
+	}, checkScaledObjects, "no scalingModifiers formula"},
+	{"formula names a missing trigger", "production", func(r *rendered) {
+		r.scaledObjects[0].Spec.Triggers[3].Name = "free_running"
+	}, checkScaledObjects, "formula"},
+	{"scale to zero", "production", func(r *rendered) {
+		r.scaledObjects[0].Spec.MinReplicaCount = ptr.To(int32(0))
+	}, checkScaledObjects, "minReplicaCount must be at least 1"},
+	{"connection in trigger metadata", "single-node", func(r *rendered) {
+		r.scaledObjects[0].Spec.Triggers[0].Metadata["address"] = "redis:6379"
+	}, checkScaledObjects, "metadata address is not a Redis list-length setting"},
+	{"trigger auth missing", "production", func(r *rendered) {
+		r.triggerAuths = nil
+	}, checkScaledObjects, "TriggerAuthentication upsize-redis not rendered"},
+	{"trigger auth parameter misspelt", "production", func(r *rendered) {
+		r.triggerAuths[0].Spec.SecretTargetRef[0].Parameter = "adress"
+	}, checkScaledObjects, "adress is not a Redis scaler parameter"},
+	{"Sentinel without master", "production-sentinel", func(r *rendered) {
+		r.triggerAuths[0].Spec.SecretTargetRef = r.triggerAuths[0].Spec.SecretTargetRef[:1]
+	}, checkScaledObjects, "Sentinel needs sentinelMaster"},
+	{"Sentinel overlay keeps the plain scaler", "production", func(r *rendered) {
+		r.expect.sentinel = true
+	}, checkScaledObjects, "want redis-sentinel"},
+	{"KEDA looks in another database", "single-node", func(r *rendered) {
+		r.scaledObjects[0].Spec.Triggers[2].Metadata["databaseIndex"] = "1"
+	}, checkScaledObjects, "databaseIndex 1, REDIS_URL uses database 0"},
+	{"KEDA given a short name it cannot resolve", "single-node", func(r *rendered) {
+		r.configMap("upsize-keda-redis").Data["address"] = "redis:6379"
+	}, checkScaledObjects, "reachable from namespace keda"},
+	{"target below concurrency", "production", func(r *rendered) {
+		r.scaledObjects[0].Spec.Advanced.ScalingModifiers.Target = "1"
+	}, checkScaledObjects, "below WORKER_CONCURRENCY 2"},
+
+	{"no default deny", "production", func(r *rendered) {
+		r.netpols = slices.DeleteFunc(r.netpols, func(n *networkingv1.NetworkPolicy) bool { return n.Name == "default-deny-ingress" })
+	}, checkNetworkPolicies, "undeclared pod (port 8080) is reachable from outside client"},
+	{"workers open to all", "production", func(r *rendered) {
+		r.netpol("upsize-worker-ingress").Spec.Ingress[0].From = nil
+	}, checkNetworkPolicies, "worker /metrics (port 9090) is reachable from outside client"},
+	{"Prometheus cannot scrape workers", "production", func(r *rendered) {
+		r.netpol("upsize-worker-ingress").Spec.Ingress[0].Ports[0].Port = ptr.To(intstr.FromInt32(8080))
+	}, checkNetworkPolicies, "worker /metrics (port 9090) is not reachable from Prometheus"},
+	{"API closed", "production", func(r *rendered) {
+		r.netpol("upsize-api-ingress").Spec.PodSelector.MatchLabels["app.kubernetes.io/component"] = "apx"
+	}, checkNetworkPolicies, "API (port 8080) is not reachable from outside client"},
+	{"KEDA cannot read Redis", "single-node", func(r *rendered) {
+		r.netpol("redis-ingress").Spec.Ingress[0].From = r.netpol("redis-ingress").Spec.Ingress[0].From[:1]
+	}, checkNetworkPolicies, "is not reachable from KEDA operator"},
+	{"Redis open to the namespace", "single-node", func(r *rendered) {
+		r.netpol("redis-ingress").Spec.Ingress[0].From[0].PodSelector.MatchExpressions = nil
+	}, checkNetworkPolicies, "is reachable from other pod in the namespace"},
+}
+
+// mustLoad is load for mutations, which have no *testing.T; the overlay rendered in other tests already.
+func mustLoad(name string) *rendered {
+	docs, err := renderOverlay(name)
+	if err != nil {
+		panic(err)
+	}
+	r, err := decode(name, docs)
+	if err != nil {
+		panic(err)
+	}
+	return r
+}
+
+func setRedisArg(r *rendered, name, value string) {
+	c := &r.statefulSets[0].Spec.Template.Spec.Containers[0]
+	for i := range c.Args {
+		if c.Args[i] == "--"+name {
+			c.Args[i+1] = value
+			return
+		}
+	}
+	panic("no redis arg " + name)
+}
+
+var imageUID int64 = -1
+
+func checkSecurityWithImageUID(r *rendered) []error { return checkSecurity(r, imageUID) }
+
+func TestChecksCatchBrokenManifests(t *testing.T) {
+	imageUID = dockerfileUID(t)
+	for _, m := range mutations {
+		t.Run(m.name, func(t *testing.T) {
+			for _, err := range m.check(load(t, m.overlay)) {
+				t.Fatalf("the unbroken %s already fails: %v", m.overlay, err)
+			}
+			r := load(t, m.overlay)
+			m.mutate(r)
+			errs := m.check(r)
+			for _, err := range errs {
+				if strings.Contains(err.Error(), m.want) {
+					return
+				}
+			}
+			t.Errorf("want an error containing %q, got %v", m.want, errs)
+		})
+	}
+}
+
+func TestDockerfileChecksCatchFaults(t *testing.T) {
+	orig := string(readDockerfile(t))
+	cases := []struct{ name, from, to, want string }{
+		{"root user", "USER 10001:10001", "USER root", `USER "root"`},
+		{"uid only", "USER 10001:10001", "USER 10001", `USER "10001"`},
+		{"shell-form CMD", `CMD ["/usr/local/bin/upsize-api"]`, `CMD /usr/local/bin/upsize-api`, "shell form"},
+		{"CMD of a missing binary", `CMD ["/usr/local/bin/upsize-api"]`, `CMD ["/usr/local/bin/api"]`, "does not hold"},
+		{"final stage on trixie", "FROM debian:bookworm-slim", "FROM debian:trixie-slim", "not Debian bookworm"},
+		{"final stage is the build stage", "FROM debian:bookworm-slim", "FROM build", "want debian:bookworm-slim"},
+		{"compiler in the final stage", "ca-certificates libvips42", "ca-certificates libvips42 gcc", "installs gcc"},
+		{"-dev package in the final stage", "ca-certificates libvips42", "ca-certificates libvips-dev", "installs libvips-dev"},
+		{"golang in the final stage", "ca-certificates libvips42", "ca-certificates libvips42 golang-go", "installs golang-go"},
+		{"apt lists kept", "    && rm -rf /var/lib/apt/lists/* \\\n    && mkdir", "    && mkdir", "apt lists stay"},
+		{"recommends installed", "install -y --no-install-recommends ca-certificates", "install -y ca-certificates", "recommended packages"},
+		{"no MALLOC_ARENA_MAX", "ENV MALLOC_ARENA_MAX=2 \\\n    BLOB_DIR", "ENV BLOB_DIR", "MALLOC_ARENA_MAX"},
+		{"unknown ENV", "BLOB_DIR=/var/lib/upsize/blobs", "BLOBS_DIR=/var/lib/upsize/blobs", "ENV BLOBS_DIR"},
+		{"worker not copied", "/out/upsize-api /out/upsize-worker /usr/local/bin/", "/out/upsize-api /usr/local/bin/", "no /usr/local/bin/upsize-worker"},
+		{"worker not built", "-o /out/upsize-worker ./cmd/worker", "-o /out/upsize-worker ./cmd/api", "no build stage RUN builds ./cmd/worker"},
+		{"Go toolchain copied", "COPY --from=build /out/upsize-api", "COPY --from=build /usr/local/go /usr/local/go\nCOPY --from=build /out/upsize-api", "toolchain files"},
+		{"worker port not exposed", "EXPOSE 8080 9090", "EXPOSE 8080", "lacks the worker port 9090"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if !strings.Contains(orig, c.from) {
+				t.Fatalf("Dockerfile no longer contains %q; update this case", c.from)
+			}
+			d, warnings := parseDockerfile([]byte(strings.Replace(orig, c.from, c.to, 1)))
+			if d == nil {
+				t.Fatalf("unparsable: %v", warnings)
+			}
+			errs := checkDockerfile(d)
+			for _, err := range errs {
+				if strings.Contains(err.Error(), c.want) {
+					return
+				}
+			}
+			t.Errorf("want an error containing %q, got %v", c.want, errs)
+		})
+	}
+}
+
+func TestDockerignoreChecksCatchFaults(t *testing.T) {
+	orig, err := os.ReadFile(filepath.Join(repoRoot, ".dockerignore"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := loadDockerfile(t)
+	inputs := buildInputs(t)
+	cases := []struct{ name, edit, want string }{
+		{"embedded file excluded", string(orig) + "**/*.yaml\n", "internal/httpapi/openapi.yaml: needed by the build, excluded"},
+		{"C source excluded", string(orig) + "**/*.c\n", ".c: needed by the build, excluded"},
+		{"everything let in", strings.Replace(string(orig), "\n*\n", "\n", 1), ".git/config reaches the build context"},
+	}
+	for _, c := range cases {
+		errs := checkDockerignore(d, []byte(c.edit), inputs)
+		found := false
+		for _, err := range errs {
+			found = found || strings.Contains(err.Error(), c.want)
+		}
+		if !found {
+			t.Errorf("%s: want an error containing %q, got %v", c.name, c.want, errs)
+		}
+	}
+	// A build input outside every COPY (a new top-level directory) is caught too.
+	errs := checkDockerignore(d, orig, append(inputs, "pkg/extra/extra.go"))
+	if len(errs) == 0 || !strings.Contains(errs[len(errs)-1].Error(), "copied by no COPY") {
+		t.Errorf("pkg/extra/extra.go outside every COPY: got %v", errs)
+	}
+}
+
+func TestDocsChecksCatchOmissions(t *testing.T) {
+	doc, err := os.ReadFile(filepath.Join(repoRoot, "docs", "deploy.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs := []*rendered{load(t, "production-sentinel")}
+	for _, drop := range []string{"keda-sentinel-master", "deploy/k8s/overlays/production-sentinel"} {
+		errs := checkDocs(strings.ReplaceAll(string(doc), drop, "(removed)"), rs)
+		found := false
+		for _, err := range errs {
+			found = found || strings.Contains(err.Error(), drop)
+		}
+		if !found {
+			t.Errorf("docs without %s: got %v", drop, errs)
+		}
+	}
+}
