@@ -9,5 +9,6 @@ scripts/deps.sh
 scripts/redis-local.sh 6379
 go vet ./...
 go test -race -count=1 -timeout 20m ./...
+(cd deploy/promcheck && go test -count=1 ./...)
 (cd deploy/check && go test -count=1 ./...)
 scripts/acceptance.sh
