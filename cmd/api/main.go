@@ -81,7 +81,7 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.
 			return rdb.Ping(ctx).Err()
 		},
 		StopWaiting:    stopWaiting,
-		MetricsHandler: obs.Handler(promReg),
+		MetricsHandler: obs.Handler(promReg, log),
 		Measure:        measure,
 	}
 	srv := &http.Server{

@@ -57,7 +57,7 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.
 	proc := &jobs.Processor{
 		Registry: reg, Inflight: inflight, Images: base.Store, Blobs: base.Blobs, Upsize: imageops.Upsize,
 		Encoding: imageops.DefaultEncoding, MaxInputPixels: cfg.MaxInputPixels, MaxOutputPixels: cfg.MaxOutputPixels,
-		Log: log, Metrics: metrics.NewWorker(promReg, rdb),
+		Log: log, Metrics: metrics.NewWorker(promReg, rdb, cfg.WorkerConcurrency),
 	}
 	mux := asynq.NewServeMux()
 	mux.Handle(jobs.TypeUpsize, proc)
@@ -78,7 +78,7 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.
 	health.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		writeStatus(w, ready(r.Context(), &draining, inflight, srv))
 	})
-	health.Handle("GET /metrics", obs.Handler(promReg))
+	health.Handle("GET /metrics", obs.Handler(promReg, log))
 	hs := &http.Server{Handler: health, ReadHeaderTimeout: 5 * time.Second}
 	ln, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {

@@ -46,7 +46,7 @@ func TestMetricsAfterTraffic(t *testing.T) {
 	for _, want := range []string{
 		"upsize_http_request_duration_seconds", "upsize_http_requests_in_flight", "upsize_upsize_outcomes_total",
 		"upsize_cancels_total", "upsize_cancel_to_answer_seconds", "upsize_queue_tasks",
-		"upsize_redis_pool_connections", "upsize_redis_pool_timeouts_total",
+		"upsize_redis_pool_connections", "upsize_redis_pool_timeouts_total", "upsize_redis_up", "upsize_worker_concurrency",
 		"upsize_task_queue_wait_seconds", "upsize_task_stage_seconds", "upsize_tasks_in_progress",
 		"upsize_task_bytes_total", "upsize_credits_charged_total", "upsize_task_runs_total", "upsize_cancel_to_stop_seconds",
 		"go_goroutines", "process_resident_memory_bytes",

@@ -247,16 +247,10 @@ func (p *Processor) report(log *slog.Logger, rep TaskReport) {
 		"transform_ms", rep.Transform.Milliseconds(), "write_ms", rep.Write.Milliseconds(), "total_ms", rep.Total.Milliseconds(),
 		"bytes_in", rep.BytesIn, "bytes_out", rep.BytesOut)
 	if m := p.Metrics; m != nil {
-		m.Tasks.WithLabelValues(rep.Outcome).Inc()
-		scale, format := rep.Request.Scale, rep.Format
-		if format == "" {
-			format = "unknown"
-		}
-		if scale == "" {
-			scale = "unknown"
-		}
+		queue, scale, format := orUnknown(rep.Request.Queue), orUnknown(rep.Request.Scale), orUnknown(rep.Format)
+		m.Tasks.WithLabelValues(queue, rep.Outcome).Inc()
 		if rep.QueueWait > 0 {
-			m.QueueWait.WithLabelValues(scale, format).Observe(rep.QueueWait.Seconds())
+			m.QueueWait.WithLabelValues(queue, scale, format).Observe(rep.QueueWait.Seconds())
 		}
 		if rep.Read > 0 {
 			m.Stage.WithLabelValues("read", scale, format).Observe(rep.Read.Seconds())
@@ -276,6 +270,13 @@ func (p *Processor) report(log *slog.Logger, rep TaskReport) {
 	if p.Observe != nil {
 		p.Observe(rep)
 	}
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "unknown"
+	}
+	return s
 }
 
 func finishCtx() (context.Context, context.CancelFunc) {

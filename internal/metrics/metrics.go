@@ -31,7 +31,7 @@ type API struct {
 }
 
 // NewAPI registers the API's metrics, the backlog of the queues (read from Redis at scrape time: a few
-// LLENs, not asynq's Lua inspector) and the Redis pool's statistics.
+// LLENs, not asynq's Lua inspector), whether Redis answers, and the Redis pool's statistics.
 func NewAPI(reg prometheus.Registerer, rdb redis.UniversalClient, queues []string, pendingKey, activeKey func(string) string) *API {
 	m := &API{
 		HTTPDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -69,8 +69,10 @@ func Reason(r string) string {
 	return strings.TrimSpace(r)
 }
 
-// backlogCollector exports pending and active tasks per queue. It runs in the API only: workers scale on
-// this figure and must not each query it.
+// backlogCollector exports pending and active tasks per queue, and whether Redis answered. It runs in
+// the API only: workers scale on this figure and must not each query it. When Redis does not answer it
+// says so in upsize_redis_up instead of failing the scrape, so every other series stays visible during
+// an outage.
 type backlogCollector struct {
 	rdb             redis.UniversalClient
 	queues          []string
@@ -79,7 +81,10 @@ type backlogCollector struct {
 
 var backlogDesc = prometheus.NewDesc(ns+"_queue_tasks", "Tasks in each asynq queue, by state (pending: waiting for a worker; active: running).", []string{"queue", "state"}, nil)
 
-func (c *backlogCollector) Describe(ch chan<- *prometheus.Desc) { ch <- backlogDesc }
+func (c *backlogCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- backlogDesc
+	ch <- redisUpDesc
+}
 
 func (c *backlogCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -91,14 +96,35 @@ func (c *backlogCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		return nil
 	})
+	ch <- redisUp(err)
 	if err != nil {
-		ch <- prometheus.NewInvalidMetric(backlogDesc, err)
 		return
 	}
 	for i, q := range c.queues {
 		ch <- prometheus.MustNewConstMetric(backlogDesc, prometheus.GaugeValue, float64(cmds[2*i].(*redis.IntCmd).Val()), q, "pending")
 		ch <- prometheus.MustNewConstMetric(backlogDesc, prometheus.GaugeValue, float64(cmds[2*i+1].(*redis.IntCmd).Val()), q, "active")
 	}
+}
+
+var redisUpDesc = prometheus.NewDesc(ns+"_redis_up", "1 when this process's last command to Redis at scrape time succeeded, 0 when it failed.", nil, nil)
+
+func redisUp(err error) prometheus.Metric {
+	v := 1.0
+	if err != nil {
+		v = 0
+	}
+	return prometheus.MustNewConstMetric(redisUpDesc, prometheus.GaugeValue, v)
+}
+
+// pingCollector exports upsize_redis_up for a worker, from a PING at scrape time.
+type pingCollector struct{ rdb redis.UniversalClient }
+
+func (pingCollector) Describe(ch chan<- *prometheus.Desc) { ch <- redisUpDesc }
+
+func (p pingCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	ch <- redisUp(p.rdb.Ping(ctx).Err())
 }
 
 // poolCollector exports a process's Redis connection pool statistics.
@@ -132,6 +158,7 @@ func (p poolCollector) Collect(ch chan<- prometheus.Metric) {
 
 // Worker is what a worker process measures.
 type Worker struct {
+	Concurrency    prometheus.Gauge
 	QueueWait      *prometheus.HistogramVec
 	Stage          *prometheus.HistogramVec
 	InProgress     prometheus.Gauge
@@ -141,13 +168,16 @@ type Worker struct {
 	CancelToStop   prometheus.Histogram
 }
 
-// NewWorker registers the worker's metrics and its Redis pool's statistics.
-func NewWorker(reg prometheus.Registerer, rdb redis.UniversalClient) *Worker {
-	labels := []string{"scale", "format"}
+// NewWorker registers the worker's metrics, whether Redis answers, and its Redis pool's statistics.
+func NewWorker(reg prometheus.Registerer, rdb redis.UniversalClient, concurrency int) *Worker {
+	labels := []string{"queue", "scale", "format"}
 	m := &Worker{
+		Concurrency: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: ns, Name: "worker_concurrency", Help: "Upsize tasks this worker runs at once at most (WORKER_CONCURRENCY).",
+		}),
 		QueueWait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: ns, Name: "task_queue_wait_seconds",
-			Help:    "Time from a request's admission (its task enqueued) to a worker starting it.",
+			Help:    "Time from a request's admission (its task enqueued) to a worker starting it, by queue (paid or free), scale and format.",
 			Buckets: append([]float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1}, slowBuckets[8:]...),
 		}, labels),
 		Stage: prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -155,7 +185,7 @@ func NewWorker(reg prometheus.Registerer, rdb redis.UniversalClient) *Worker {
 			Help: "Time of each stage of an upsize task: read (source bytes), decode_resize_encode (one streamed " +
 				"libvips evaluation), write (time inside the blob store's writer during it), total (the whole task run).",
 			Buckets: slowBuckets,
-		}, append([]string{"stage"}, labels...)),
+		}, []string{"stage", "scale", "format"}),
 		InProgress: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: ns, Name: "tasks_in_progress", Help: "Upsize tasks this worker is running.",
 		}),
@@ -167,14 +197,16 @@ func NewWorker(reg prometheus.Registerer, rdb redis.UniversalClient) *Worker {
 		}),
 		Tasks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Name: "task_runs_total",
-			Help: "Runs of upsize tasks by outcome: completed, canceled, failed, skipped (already canceled or finished), retry.",
-		}, []string{"outcome"}),
+			Help: "Runs of upsize tasks by queue and outcome: completed, canceled, failed, skipped (already canceled or finished), retry.",
+		}, []string{"queue", "outcome"}),
 		CancelToStop: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: ns, Name: "cancel_to_stop_seconds",
 			Help:    "Time from a cancel being recorded to the worker's libvips work on it stopping.",
 			Buckets: fastBuckets,
 		}),
 	}
-	reg.MustRegister(m.QueueWait, m.Stage, m.InProgress, m.Bytes, m.CreditsCharged, m.Tasks, m.CancelToStop, NewPoolCollector(rdb))
+	m.Concurrency.Set(float64(concurrency))
+	reg.MustRegister(m.Concurrency, m.QueueWait, m.Stage, m.InProgress, m.Bytes, m.CreditsCharged, m.Tasks, m.CancelToStop,
+		pingCollector{rdb}, NewPoolCollector(rdb))
 	return m
 }

@@ -29,10 +29,18 @@ func NewRegistry() *prometheus.Registry {
 	return r
 }
 
-// Handler serves a registry in the Prometheus text format.
-func Handler(r *prometheus.Registry) http.Handler {
-	return promhttp.HandlerFor(r, promhttp.HandlerOpts{Registry: r})
+// Handler serves a registry in the Prometheus text format. A collector that fails loses its own series
+// only (logged to log), never the whole scrape: operators need the rest most during an outage.
+func Handler(r *prometheus.Registry, log *slog.Logger) http.Handler {
+	return promhttp.HandlerFor(r, promhttp.HandlerOpts{
+		Registry: r, ErrorHandling: promhttp.ContinueOnError, ErrorLog: promLog{log},
+	})
 }
+
+// promLog adapts slog to promhttp's error log.
+type promLog struct{ l *slog.Logger }
+
+func (p promLog) Println(v ...any) { p.l.Error("metrics", "err", fmt.Sprint(v...)) }
 
 // AsynqLogger adapts slog to asynq's logger interface.
 type AsynqLogger struct{ L *slog.Logger }

@@ -127,7 +127,7 @@ func New(t testing.TB, o Options) *Env {
 		},
 		AdminToken:     e.AdminToken,
 		Ready:          func(ctx context.Context) error { return rdb.Ping(ctx).Err() },
-		MetricsHandler: obs.Handler(e.Metrics),
+		MetricsHandler: obs.Handler(e.Metrics, e.Log),
 		Measure:        metrics.NewAPI(e.Metrics, rdb, jobs.Queues, jobs.PendingKey, jobs.ActiveKey),
 	})
 	e.Server = httptest.NewServer(h)
@@ -169,7 +169,7 @@ func (e *Env) StartWorker() *Worker {
 	w.Processor = &jobs.Processor{
 		Registry: e.Registry, Inflight: w.Inflight, Images: e.Store, Blobs: e.Blobs, Upsize: e.Opts.Upsize,
 		Encoding: imageops.DefaultEncoding, MaxInputPixels: e.Opts.MaxInputPixels, MaxOutputPixels: e.Opts.MaxOutputPixels,
-		Log: e.Log, Observe: e.Opts.Observe, Metrics: metrics.NewWorker(w.Metrics, e.RDB),
+		Log: e.Log, Observe: e.Opts.Observe, Metrics: metrics.NewWorker(w.Metrics, e.RDB, e.Opts.Concurrency),
 	}
 	mux := asynq.NewServeMux()
 	mux.Handle(jobs.TypeUpsize, w.Processor)
