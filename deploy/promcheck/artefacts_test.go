@@ -36,9 +36,10 @@ var promParser = parser.NewParser(parser.Options{})
 
 // query is one PromQL expression and where it comes from.
 type query struct {
-	where string // for messages: "panel \"Upsize latency\" target B", "alert UpsizeNoWorker"
-	expr  string // as written, Grafana variables included
-	alert *monitoringv1.Rule
+	where  string // for messages: "panel \"Upsize latency\" target B", "alert UpsizeNoWorker"
+	expr   string // as written, Grafana variables included
+	legend string // a panel target's legendFormat
+	alert  *monitoringv1.Rule
 }
 
 // ---- dashboard ----
@@ -49,9 +50,10 @@ type dsRef struct {
 }
 
 type target struct {
-	RefID      string `json:"refId"`
-	Expr       string `json:"expr"`
-	Datasource *dsRef `json:"datasource"`
+	RefID        string `json:"refId"`
+	Expr         string `json:"expr"`
+	LegendFormat string `json:"legendFormat"`
+	Datasource   *dsRef `json:"datasource"`
 }
 
 type panel struct {
@@ -139,7 +141,7 @@ func dashboardQueries(t *testing.T, d *dashboard) []query {
 	var qs []query
 	for _, p := range allPanels(d.Panels) {
 		for _, tg := range p.Targets {
-			qs = append(qs, query{where: fmt.Sprintf("panel %q target %s", p.Title, tg.RefID), expr: tg.Expr})
+			qs = append(qs, query{where: fmt.Sprintf("panel %q target %s", p.Title, tg.RefID), expr: tg.Expr, legend: tg.LegendFormat})
 		}
 	}
 	for _, v := range d.Templating.List {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -17,6 +18,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/promql"
+	"github.com/prometheus/prometheus/promql/parser"
 	"github.com/prometheus/prometheus/promql/promqltest"
 	"github.com/prometheus/prometheus/storage"
 
@@ -42,10 +44,11 @@ type scrapeTarget struct {
 }
 
 // serveTraffic runs the API and a worker on Redis with real libvips and drives traffic that produces
-// every family and label value the dashboard and the alerts use: uploads, upsizes of 2x and 4x, a
-// rejection, a cancel of a running task, a cancel too late; a second API without worker answers 202 at
-// its wait deadline and then 429 queue_full. The API and the worker are gathered three times, before
-// and after each of two rounds, as three scrapes.
+// every family and label value the dashboard and the alerts use: uploads, upsizes of 2x and 4x by a
+// paid user and of 2x by a free one (so that both queues have waits and runs), a rejection, a cancel of
+// a running task, a cancel too late; a second API without worker answers 202 at its wait deadline and
+// then 429 queue_full. The API and the worker are gathered three times, before and after each of two
+// rounds, as three scrapes.
 func serveTraffic(t *testing.T) *realRun {
 	t.Helper()
 	var hold atomic.Bool // set: the next task blocks until canceled, so that a cancel finds it running
@@ -64,6 +67,7 @@ func serveTraffic(t *testing.T) *realRun {
 	w := e.StartWorker()
 	e.Configure()
 	u := e.NewUser("paid", 1000)
+	free := e.NewUser("free", 100)
 
 	targets := []scrapeTarget{
 		{e.Metrics, map[string]string{"job": jobAPI, "instance": "10.0.0.1:8080", "namespace": "upsize", "pod": "upsize-api-0"}},
@@ -77,8 +81,7 @@ func serveTraffic(t *testing.T) *realRun {
 			if err != nil {
 				t.Fatalf("gather %s: %v", tg.labels["job"], err)
 			}
-			addSamples(s, mfs, tg.labels)
-			s[seriesKey("up", tg.labels)] = 1
+			addScrape(s, mfs, tg.labels)
 		}
 		scrapes = append(scrapes, s)
 	}
@@ -101,6 +104,8 @@ func serveTraffic(t *testing.T) *realRun {
 		e.Want(e.Upsize(ctx, u.Key, id, "4x", fmt.Sprintf("round%d-4x", round)), 201, "")
 		e.Want(e.Cancel(u.Key, r2), 409, "request_already_completed")
 		e.Want(e.Upsize(ctx, u.Key, 999999, "2x", ""), 404, "no_input_image (999999)")
+		fid := e.UploadOK(free.Key, testenv.PNG(testenv.Gradient(16, 16)))
+		e.Want(e.Upsize(ctx, free.Key, fid, "2x", fmt.Sprintf("round%d-free", round)), 201, "")
 
 		rc := fmt.Sprintf("round%d-cancel", round)
 		hold.Store(true)
@@ -186,6 +191,12 @@ func seriesKey(name string, ls map[string]string) string {
 		parts[i] = k + "=" + strconv.Quote(ls[k])
 	}
 	return name + "{" + strings.Join(parts, ", ") + "}"
+}
+
+// addScrape adds what one successful scrape of a target stores: its series and up 1.
+func addScrape(out map[string]float64, mfs []*dto.MetricFamily, target map[string]string) {
+	addSamples(out, mfs, target)
+	out[seriesKey("up", target)] = 1
 }
 
 // addSamples adds the series a scrape of the families would store, with the target's labels.
@@ -391,6 +402,27 @@ func TestAgainstRealService(t *testing.T) {
 		}
 	})
 
+	// sum by (queue) over a family without queue gives one series without the label, silently; so does
+	// on (queue). Each label an expression groups or matches by must be on a series it selects there.
+	t.Run("grouping labels exist", func(t *testing.T) {
+		var checked int
+		for _, p := range ps {
+			for _, g := range groupings(p.ast) {
+				checked++
+				var found bool
+				for _, s := range selectors(g.in) {
+					found = found || carries(s.name, g.label, run.exposed)
+				}
+				if !found {
+					t.Errorf("%s: %s (%s): no series selected there has the label %q:\n%s", p.where, g.how, g.in, g.label, p.text)
+				}
+			}
+		}
+		if checked < 20 {
+			t.Errorf("only %d grouping labels checked", checked)
+		}
+	})
+
 	ng := newEngine(t)
 	st := promqltest.LoadedStorage(t, run.load)
 
@@ -406,6 +438,15 @@ func TestAgainstRealService(t *testing.T) {
 			}
 			if !number {
 				t.Errorf("%s: no data (%v) from a service that served traffic:\n%s", p.where, vec, p.text)
+			}
+			for _, name := range legendLabels(p.legend) {
+				var carried bool
+				for _, s := range vec {
+					carried = carried || s.Metric.Get(name) != ""
+				}
+				if !carried {
+					t.Errorf("%s: the legend %q names %s, which no series of the result carries: %v", p.where, p.legend, name, vec)
+				}
 			}
 		}
 	})
@@ -442,4 +483,62 @@ func TestAgainstRealService(t *testing.T) {
 			}
 		}
 	})
+}
+
+// grouping is a label an expression aggregates by (by (...)) or matches on (on (...)), and the operand
+// whose series must carry it.
+type grouping struct {
+	label string
+	in    parser.Expr
+	how   string // for messages
+}
+
+func groupings(e parser.Expr) []grouping {
+	var out []grouping
+	parser.Inspect(e, func(n parser.Node, _ []parser.Node) error {
+		switch x := n.(type) {
+		case *parser.AggregateExpr:
+			if !x.Without {
+				for _, l := range x.Grouping {
+					out = append(out, grouping{l, x.Expr, x.Op.String() + " by " + l})
+				}
+			}
+		case *parser.BinaryExpr:
+			if vm := x.VectorMatching; vm != nil && vm.On {
+				for _, l := range vm.MatchingLabels {
+					out = append(out, grouping{l, x.LHS, "on " + l + ", left"}, grouping{l, x.RHS, "on " + l + ", right"})
+				}
+			}
+		}
+		return nil
+	})
+	return out
+}
+
+// carries tells whether the series of name can have the label: a target's label, le on a bucket, or a
+// label the run exposed on its family.
+func carries(name, label string, fams map[string]*dto.MetricFamily) bool {
+	if targetLabels[label] {
+		return true
+	}
+	mf, suffix, ok := resolve(name, fams)
+	if !ok {
+		return false
+	}
+	if label == "le" && suffix == "_bucket" {
+		return true
+	}
+	_, ok = labelValues(mf)[label]
+	return ok
+}
+
+var legendRe = regexp.MustCompile(`\{\{\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\}`)
+
+// legendLabels are the labels a legendFormat shows ({{queue}}).
+func legendLabels(legend string) []string {
+	var out []string
+	for _, m := range legendRe.FindAllStringSubmatch(legend, -1) {
+		out = append(out, m[1])
+	}
+	return out
 }
