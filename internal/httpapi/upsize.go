@@ -178,7 +178,10 @@ func handleUpsize(d *Deps) gin.HandlerFunc {
 			// Nothing will run it: fail it, refunding the reservation (or find the cancel that came first),
 			// and answer what the registry then says.
 			if _, ferr := d.Registry.Fail(ctx, u.ID, rid, http.StatusServiceUnavailable, reasonQueueUnavailable); ferr != nil {
-				unavailable(c, reasonQueueUnavailable, errors.Join(err, ferr))
+				// Redis is gone: the request stays recorded (its credits reserved) and the sweeper will
+				// enqueue it, so it is accepted, not refused: 202, and GET /api/requests tells the end.
+				c.Set(ctxErr, errors.Join(err, ferr))
+				accepted(c, rid)
 				return
 			}
 		} else if err := d.Registry.Enqueued(ctx, u.ID, rid); err != nil {

@@ -69,8 +69,9 @@ type permanent struct {
 
 func (p *permanent) Error() string { return fmt.Sprintf("%d %s: %v", p.code, p.data, p.err) }
 
-// finishTimeout bounds the Redis calls that record an outcome. They run on a context of their own:
-// a cancel that arrives after the work is done must not stop the worker from saying so.
+// finishTimeout bounds the clean-up calls after a task (deleting a loser's bytes). They run on a context
+// of their own, as outcomes are recorded (record): a cancel that arrives after the work is done must not
+// stop the worker from saying so.
 const finishTimeout = 10 * time.Second
 
 // ProcessTask is the asynq handler.
@@ -139,9 +140,9 @@ func (p *Processor) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		}
 		p.deleteResult(log, req)
 		rep.Outcome, rep.Reason = "failed", err.Error()
-		fctx, cancelF := finishCtx()
-		defer cancelF()
-		if _, ferr := p.Registry.Fail(fctx, req.UserID, req.ID, code, data); ferr != nil {
+		if _, ferr := record(func(ctx context.Context) (cancel.State, error) {
+			return p.Registry.Fail(ctx, req.UserID, req.ID, code, data)
+		}); ferr != nil {
 			return ferr // asynq retries; the next run records the failure
 		}
 		return nil
@@ -213,9 +214,7 @@ func withVariation(e store.EditInfo, id int64) store.EditInfo {
 
 // complete races cancel in the registry; the loser's bytes are removed.
 func (p *Processor) complete(log *slog.Logger, req cancel.Request, img store.Image, rep *TaskReport) error {
-	ctx, cancelF := finishCtx()
-	defer cancelF()
-	st, err := p.Registry.Complete(ctx, req, img)
+	st, err := record(func(ctx context.Context) (cancel.State, error) { return p.Registry.Complete(ctx, req, img) })
 	if err != nil {
 		rep.Outcome, rep.Reason = "retry", err.Error()
 		return err // the bytes stay; the retry rewrites them under the same key and completes
@@ -277,6 +276,29 @@ func orUnknown(s string) string {
 		return "unknown"
 	}
 	return s
+}
+
+// recordTimeout bounds how long a worker keeps trying to record an outcome in Redis. A short outage is
+// ridden out here: handing the error to asynq instead costs minutes, because asynq's own move of the task
+// to its retry set fails too while Redis is down, and only its recoverer finds the task again (after the
+// 30 s lease, a 30 s margin and up to a minute's wait). It stays within that lease.
+const recordTimeout = 20 * time.Second
+
+// record calls f until it succeeds or recordTimeout passes, with back-off. The registry's scripts are
+// idempotent, so a call that succeeded without its answer arriving is safe to repeat.
+func record[T any](f func(context.Context) (T, error)) (T, error) {
+	deadline := time.Now().Add(recordTimeout)
+	wait := 100 * time.Millisecond
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		v, err := f(ctx)
+		cancel()
+		if err == nil || time.Now().Add(wait).After(deadline) {
+			return v, err
+		}
+		time.Sleep(wait)
+		wait = min(2*wait, 2*time.Second)
+	}
 }
 
 func finishCtx() (context.Context, context.CancelFunc) {
