@@ -102,10 +102,9 @@ int up_upsize(const void *buf, size_t len, const up_params *p, int *out_w, int *
 	VipsImage **t = (VipsImage **) vips_object_local_array(VIPS_OBJECT(base), 3);
 	VipsTargetCustom *target = NULL;
 
-	/* Random access: the affine reads around each output tile. fail_on error turns a damaged file into
-	 * an error instead of grey pixels. */
+	/* fail_on error turns a damaged file into an error instead of grey pixels. */
 	t[0] = vips_image_new_from_buffer(buf, len, "",
-		"access", VIPS_ACCESS_RANDOM, "fail_on", VIPS_FAIL_ON_ERROR, NULL);
+		"access", p->sequential ? VIPS_ACCESS_SEQUENTIAL : VIPS_ACCESS_RANDOM, "fail_on", VIPS_FAIL_ON_ERROR, NULL);
 	if (!t[0]) {
 		*err = take_error("load");
 		goto done;

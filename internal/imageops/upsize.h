@@ -17,6 +17,7 @@ typedef struct {
 	int webp_q;
 	int webp_effort;
 	int strip;
+	int sequential; /* load top to bottom, overlapping decode and resampling (not for rotations) */
 	/* Set to non-zero from Go to abort the running evaluation. Read in libvips' eval callback. */
 	volatile int *kill;
 	/* cgo.Handle of the Go io.Writer the encoder streams into. */
