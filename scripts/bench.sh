@@ -8,7 +8,8 @@ scripts/redis-local.sh 6379
 mkdir -p var/bench
 run() { local name=$1; shift; echo "== $name: $*"; "$@" 2>&1 | grep -E '^(Benchmark|ok|FAIL|---)' | tee "var/bench/$name.txt"; }
 run encoding   go test -run '^$' -bench 'Encoding' -benchtime 3x ./internal/imageops/
-run vips-cli   go test -run '^$' -bench 'VersusVipsCLI' -benchtime 3x -timeout 30m ./internal/imageops/
+run vips-cli   go test -run '^$' -bench 'VersusVipsCLI' -benchtime 7x -timeout 30m ./internal/imageops/
 run cancel-cpu go test -run '^$' -bench 'CancelReleasesCPU' -benchtime 5x ./internal/imageops/
+run worst-case go test -run '^$' -bench 'WorstCaseTask' -benchtime 1x ./internal/imageops/
 run soak       env UPSIZE_SOAK_ROUNDS=120 go test -run '^$' -bench 'MemoryOverLongRun' -benchtime 1x -timeout 30m ./internal/imageops/
 run service    go test -run '^$' -bench . -benchtime 1x -timeout 30m ./internal/httpapi/

@@ -59,13 +59,6 @@ func (f *Inflight) Track(ctx context.Context, userID int64, requestID string) (c
 	}
 }
 
-// Len is the number of tracked requests.
-func (f *Inflight) Len() int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return len(f.tasks)
-}
-
 func (f *Inflight) cancel(key string) {
 	f.mu.Lock()
 	for _, c := range f.tasks[key] {

@@ -186,3 +186,21 @@ func BenchmarkCancelReleasesCPU(b *testing.B) {
 	b.ReportMetric(float64(returned.Milliseconds())/float64(b.N), "ms-to-return")
 	b.ReportMetric(float64(released.Milliseconds())/float64(b.N), "ms-to-cpu-idle")
 }
+
+// BenchmarkWorstCaseTask is the longest task the default limits allow: an 8x of a 1250x1250 noise PNG
+// (100 MP out, MAX_OUTPUT_PIXELS; noise defeats PNG compression). The deploy manifests size the worker's
+// SHUTDOWN_TIMEOUT and grace period on it.
+//
+//	go test -run '^$' -bench WorstCaseTask -benchtime 1x ./internal/imageops/
+func BenchmarkWorstCaseTask(b *testing.B) {
+	Init(0)
+	src := encPNG(b, noise(1250, 1250, 11))
+	var out countingWriter
+	for i := 0; i < b.N; i++ {
+		out.n = 0
+		if _, err := Upsize(context.Background(), src, &out, Params{Scale: 8, Kernel: "lanczos3", Encoding: DefaultEncoding, MaxOutputPixels: 100_000_000}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(out.n)/1e6, "MB/result")
+}

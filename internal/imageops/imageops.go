@@ -61,7 +61,6 @@ type Info struct {
 	// Width and Height are as displayed: EXIF orientation 5-8 swaps the stored sides.
 	Width, Height int
 	Orientation   int
-	HasAlpha      bool
 }
 
 // Pixels is Width*Height.
@@ -77,7 +76,7 @@ func Probe(b []byte) (Info, error) {
 	if err != nil || md.Size.Width <= 0 || md.Size.Height <= 0 {
 		return Info{}, fmt.Errorf("%w: %v", ErrInvalidImage, err)
 	}
-	info := Info{Format: f, Width: md.Size.Width, Height: md.Size.Height, Orientation: md.Orientation, HasAlpha: md.Alpha}
+	info := Info{Format: f, Width: md.Size.Width, Height: md.Size.Height, Orientation: md.Orientation}
 	if info.Orientation >= 5 && info.Orientation <= 8 {
 		info.Width, info.Height = info.Height, info.Width
 	}

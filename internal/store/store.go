@@ -39,9 +39,6 @@ type Store struct {
 
 func New(rdb redis.UniversalClient, keys Keys) *Store { return &Store{rdb: rdb, keys: keys} }
 
-// Keys returns the key layout, shared with the cancel registry.
-func (s *Store) Keys() Keys { return s.keys }
-
 // ---------- users ----------
 
 // User is an account. Credits are the balance left after every reservation.
@@ -300,6 +297,3 @@ func (s *Store) SetCosts(ctx context.Context, costs map[string]int64) error {
 func (s *Store) DeleteCosts(ctx context.Context) error {
 	return s.SetCosts(ctx, nil)
 }
-
-// Ping checks that Redis answers.
-func (s *Store) Ping(ctx context.Context) error { return s.rdb.Ping(ctx).Err() }
