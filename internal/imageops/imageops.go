@@ -129,6 +129,10 @@ type Params struct {
 	Encoding Encoding
 	// MaxInputPixels and MaxOutputPixels are checked from the header before any decode (0: no limit).
 	MaxInputPixels, MaxOutputPixels int64
+
+	// viaAffine sends bilinear and bicubic through libvips' vips_affine instead of the separable
+	// resampler: the reference the tests compare the resampler with.
+	viaAffine bool
 }
 
 // Result describes what Upsize wrote.

@@ -15,6 +15,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -23,6 +24,10 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	// The instruction-count benchmark runs this binary under callgrind as a bare upsize process.
+	if spec := os.Getenv(upsizeOnlyEnv); spec != "" {
+		os.Exit(upsizeOnly(spec))
+	}
 	Init(0)
 	m.Run()
 }

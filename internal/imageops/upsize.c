@@ -4,6 +4,7 @@
 #include <vips/vips.h>
 
 #include "upsize.h"
+#include "resample.h"
 #include "_cgo_export.h"
 
 /* libvips reports damaged input and the like through GLib's log; send it to the service's JSON log
@@ -58,10 +59,14 @@ static VipsInterpolate *interpolator(int interp) {
 }
 
 /* upsample enlarges by an integer factor with pixel centres aligned: output pixel X samples input
- * position (X + 0.5) / s - 0.5, and samples outside the image copy the edge (no dark border). */
-static int upsample(VipsImage *in, VipsImage **out, int s, int interp) {
+ * position (X + 0.5) / s - 0.5, and samples outside the image copy the edge (no dark border).
+ * Bilinear and bicubic go through the separable resampler (resample.c) unless p->affine asks for
+ * libvips' general affine path, which the others always take. */
+static int upsample(VipsObject *owner, VipsImage *in, VipsImage **out, int s, int interp, int affine) {
 	if (interp == 0)
 		return vips_zoom(in, out, s, s, NULL);
+	if ((interp == 1 || interp == 2) && !affine && up_resample_supported(in))
+		return up_resample(owner, in, out, s, interp == 2);
 
 	VipsInterpolate *ip = interpolator(interp);
 	if (!ip)
@@ -113,7 +118,7 @@ int up_upsize(const void *buf, size_t len, const up_params *p, int *out_w, int *
 		*err = take_error("autorot");
 		goto done;
 	}
-	if (upsample(t[1], &t[2], p->scale, p->interp)) {
+	if (upsample(VIPS_OBJECT(base), t[1], &t[2], p->scale, p->interp, p->affine)) {
 		*err = take_error("upsample");
 		goto done;
 	}

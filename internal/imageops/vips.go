@@ -2,9 +2,11 @@ package imageops
 
 /*
 #cgo pkg-config: vips
+#cgo CFLAGS: -O3
 #include <stdlib.h>
 #include <glib.h>
 #include "upsize.h"
+#include "resample.h"
 */
 import "C"
 
@@ -134,6 +136,7 @@ func Upsize(ctx context.Context, src []byte, dst io.Writer, p Params) (Result, e
 		webp_q:       C.int(e.WebPQuality),
 		webp_effort:  C.int(e.WebPEffort),
 		strip:        boolC(e.StripMetadata),
+		affine:       boolC(p.viaAffine),
 		sequential:   boolC(info.Orientation <= 1),
 		kill:         kill,
 		sink:         C.uintptr_t(h),
@@ -168,6 +171,9 @@ func Validate(src []byte) error {
 	}
 	return nil
 }
+
+// resamplerRuns counts the upsizes that went through the separable resampler (resample.c).
+func resamplerRuns() int { return int(C.up_resample_runs()) }
 
 func boolC(b bool) C.int {
 	if b {

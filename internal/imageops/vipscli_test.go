@@ -7,7 +7,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -37,15 +40,7 @@ func BenchmarkVersusVipsCLI(b *testing.B) {
 		}
 		return time.Since(start)
 	}
-	write := func(name string, data []byte) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, data, 0o600); err != nil {
-			b.Fatal(err)
-		}
-		return p
-	}
-	saveOpts := map[Format]string{JPEG: "[Q=90]", PNG: "[compression=4,filter=248]"}
-	enc := Encoding{JPEGQuality: 90, PNGLevel: 4, PNGAdaptive: true}
+	write := func(name string, data []byte) string { return writeFile(b, dir, name, data) }
 
 	// Start-up: the same command on a 1x1 image of each format.
 	tiny := map[Format]string{JPEG: write("tiny.jpg", encJPEG(b, photoLike(1, 1, 0), 90)), PNG: write("tiny.png", encPNG(b, photoLike(1, 1, 0)))}
@@ -53,7 +48,7 @@ func BenchmarkVersusVipsCLI(b *testing.B) {
 	for f, p := range tiny {
 		best := time.Hour
 		for i := 0; i < 5; i++ {
-			best = min(best, run(p, filepath.Join(dir, "tiny-out."+string(f))+saveOpts[f], 2))
+			best = min(best, run(p, filepath.Join(dir, "tiny-out."+string(f))+cliSaveOptions[f], 2))
 		}
 		startup[f] = best
 	}
@@ -67,20 +62,12 @@ func BenchmarkVersusVipsCLI(b *testing.B) {
 				b.Run(fmt.Sprintf("%s-%d-%dx", f, side, scale), func(b *testing.B) {
 					var ours, theirs []time.Duration
 					for i := 0; i < b.N; i++ {
-						out := filepath.Join(dir, "ours."+string(f))
 						start := time.Now()
-						fh, err := os.Create(out)
-						if err != nil {
+						if err := upsizeToFile(srcs[f], filepath.Join(dir, "ours."+string(f)), scale); err != nil {
 							b.Fatal(err)
 						}
-						bw := bufio.NewWriterSize(fh, 256<<10) // as the blob store writes
-						if _, err := Upsize(context.Background(), srcs[f], bw, Params{Scale: scale, Kernel: "lanczos3", Encoding: enc}); err != nil {
-							b.Fatal(err)
-						}
-						bw.Flush()
-						fh.Close()
 						ours = append(ours, time.Since(start))
-						theirs = append(theirs, run(in, filepath.Join(dir, "theirs."+string(f))+saveOpts[f], scale)-startup[f])
+						theirs = append(theirs, run(in, filepath.Join(dir, "theirs."+string(f))+cliSaveOptions[f], scale)-startup[f])
 					}
 					// Medians of alternating runs: on a shared VM one slow run would move a mean.
 					o, th := median(ours), median(theirs)
@@ -93,8 +80,172 @@ func BenchmarkVersusVipsCLI(b *testing.B) {
 	}
 }
 
+// The same encoder settings on both sides: JPEG Q90; PNG compression 4 with adaptive filtering
+// (libvips' filter=248 is all five PNG filters, what PNGAdaptive selects).
+var (
+	cliEncoding    = Encoding{JPEGQuality: 90, PNGLevel: 4, PNGAdaptive: true}
+	cliSaveOptions = map[Format]string{JPEG: "[Q=90]", PNG: "[compression=4,filter=248]"}
+)
+
+// upsizeToFile is one image through imageops as the comparisons measure it: Upsize streaming into a
+// file through the same buffer size the blob store uses.
+func upsizeToFile(src []byte, out string, scale int) error {
+	fh, err := os.Create(out)
+	if err != nil {
+		return err
+	}
+	defer fh.Close()
+	bw := bufio.NewWriterSize(fh, 256<<10)
+	if _, err := Upsize(context.Background(), src, bw, Params{Scale: scale, Kernel: "lanczos3", Encoding: cliEncoding}); err != nil {
+		return err
+	}
+	if err := bw.Flush(); err != nil {
+		return err
+	}
+	return fh.Close()
+}
+
+func writeFile(b testing.TB, dir, name string, data []byte) string {
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, data, 0o600); err != nil {
+		b.Fatal(err)
+	}
+	return p
+}
+
 func median(ds []time.Duration) time.Duration {
 	s := slices.Clone(ds)
 	slices.Sort(s)
 	return s[len(s)/2]
 }
+
+// upsizeOnlyEnv, set to "IN SCALE N OUT", turns the test binary into a bare upsize process (see
+// TestMain): it upsizes the file IN N times into OUT and exits. BenchmarkVersusVipsCLIInstructions
+// runs it under callgrind.
+const upsizeOnlyEnv = "IMAGEOPS_UPSIZE_ONLY"
+
+func upsizeOnly(spec string) int {
+	var in, out string
+	var scale, n int
+	if _, err := fmt.Sscan(spec, &in, &scale, &n, &out); err != nil {
+		fmt.Fprintf(os.Stderr, "%s=%q: %v\n", upsizeOnlyEnv, spec, err)
+		return 2
+	}
+	Init(1)
+	src, err := os.ReadFile(in)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	for i := 0; i < n; i++ {
+		if err := upsizeToFile(src, out, scale); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+	}
+	return 0
+}
+
+// BenchmarkVersusVipsCLIInstructions is the comparison of BenchmarkVersusVipsCLI counted in CPU
+// instructions instead of seconds: valgrind's callgrind counts every instruction of every thread, the
+// same count (±0.1 %) on every run whatever else the machine is doing, so it settles differences smaller
+// than a shared VM's timing noise. Both sides are measured the same way, as whole processes, the
+// start-up subtracted by running the same process on a 1x1 image of the same format:
+//
+//	imageops  = this test binary upsizing the input (see upsizeOnly) − the same on the 1x1 image
+//	vips CLI  = `vips resize` on the input                            − the same on the 1x1 image
+//
+// Subtracting a 1x1 run, not a run that upsizes nothing, also removes one-time costs that a long-running
+// worker pays once: lazy binding of libvips' symbols and GObject class set-up (~18 M instructions).
+//
+// Both run with VIPS_CONCURRENCY=1 and without libvips' optional modules (VIPSHOME points nowhere):
+// libjxl's SIMD library executes RDTSCP, which valgrind 3.19 cannot run, and neither side needs a
+// module for JPEG or PNG. For the same reason Go's runtime is told not to use RDTSCP, and not to preempt
+// goroutines with signals, on which callgrind trips. Under callgrind a case takes 50-100 times its
+// native time (the twelve cases: about 25 minutes on 2 cores).
+//
+//	go test -run '^$' -bench VersusVipsCLIInstructions -benchtime 1x -timeout 60m ./internal/imageops/
+func BenchmarkVersusVipsCLIInstructions(b *testing.B) {
+	valgrind, err := exec.LookPath("valgrind")
+	if err != nil {
+		b.Fatalf("valgrind is needed (apt-get install valgrind): %v", err)
+	}
+	vips, err := exec.LookPath("vips")
+	if err != nil {
+		b.Fatalf("the vips command is needed (apt-get install libvips-tools): %v", err)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		b.Fatal(err)
+	}
+	dir := b.TempDir()
+	env := append(os.Environ(), "VIPS_CONCURRENCY=1", "VIPSHOME="+filepath.Join(dir, "no-vips-modules"),
+		"GODEBUG=cpu.rdtscp=off,asyncpreemptoff=1")
+	count := func(extraEnv, name string, args ...string) (int64, error) {
+		cmd := exec.Command(valgrind, append([]string{"--tool=callgrind", "--callgrind-out-file=/dev/null", name}, args...)...)
+		cmd.Env = append(slices.Clip(env), extraEnv)
+		out, err := cmd.CombinedOutput()
+		m := collected.FindSubmatch(out)
+		if err != nil || m == nil {
+			return 0, fmt.Errorf("callgrind %s %v: %v\n%s", name, args, err, out)
+		}
+		return strconv.ParseInt(string(m[1]), 10, 64)
+	}
+	ours := func(in string, scale int) (int64, error) {
+		out := filepath.Join(dir, fmt.Sprintf("ours-%d-%s", scale, filepath.Base(in)))
+		return count(fmt.Sprintf("%s=%s %d 1 %s", upsizeOnlyEnv, in, scale, out), self)
+	}
+	theirs := func(in string, scale int) (int64, error) {
+		out := filepath.Join(dir, fmt.Sprintf("theirs-%d-%s", scale, filepath.Base(in))) + cliSaveOptions[formatOf(in)]
+		return count("", vips, "resize", in, out, fmt.Sprint(scale), "--kernel", "lanczos3")
+	}
+
+	tiny := map[Format]string{
+		JPEG: writeFile(b, dir, "tiny.jpeg", encJPEG(b, photoLike(1, 1, 0), 90)),
+		PNG:  writeFile(b, dir, "tiny.png", encPNG(b, photoLike(1, 1, 0))),
+	}
+	for _, side := range []int{512, 1024} {
+		img := photoLike(side, side, int64(side))
+		srcs := map[Format][]byte{JPEG: encJPEG(b, img, 90), PNG: encPNG(b, img)}
+		for _, f := range []Format{JPEG, PNG} {
+			in := writeFile(b, dir, fmt.Sprintf("in-%d.%s", side, f), srcs[f])
+			for _, scale := range []int{2, 4, 8} {
+				b.Run(fmt.Sprintf("%s-%d-%dx", f, side, scale), func(b *testing.B) {
+					// Counts do not vary between runs: one measurement whatever b.N is. The four
+					// processes run two at a time (callgrind runs a process on one core).
+					var n [4]int64
+					runs := []func() (int64, error){
+						func() (int64, error) { return ours(in, scale) },
+						func() (int64, error) { return theirs(in, scale) },
+						func() (int64, error) { return ours(tiny[f], scale) },
+						func() (int64, error) { return theirs(tiny[f], scale) },
+					}
+					errs := make(chan error, len(runs))
+					sem := make(chan struct{}, 2)
+					for i, run := range runs {
+						go func() {
+							sem <- struct{}{}
+							defer func() { <-sem }()
+							var err error
+							n[i], err = run()
+							errs <- err
+						}()
+					}
+					for range runs {
+						if err := <-errs; err != nil {
+							b.Fatal(err)
+						}
+					}
+					o, th := n[0]-n[2], n[1]-n[3]
+					b.ReportMetric(float64(o)/1e6, "Minstr-upsize")
+					b.ReportMetric(float64(th)/1e6, "Minstr-vips-cli")
+					b.ReportMetric(float64(o)/float64(th), "ratio")
+				})
+			}
+		}
+	}
+}
+
+var collected = regexp.MustCompile(`Collected : (\d+)`)
+
+func formatOf(path string) Format { return Format(strings.TrimPrefix(filepath.Ext(path), ".")) }
