@@ -2,7 +2,8 @@
 //
 // The pipeline is a few named steps: sniff the format from the bytes, probe the header (through bimg,
 // no pixel decode), then load, autorotate, upsample and encode in one libvips evaluation that streams
-// its output to an io.Writer and can be aborted from a context.
+// its output to an io.Writer and can be aborted from a context. Upsampling by the integer factor is a
+// separable two-pass resampler (resample.c), 2-3 times faster than libvips' general affine transform.
 //
 // bimg gives us libvips start-up, cache control and header reads. Upsampling itself goes through a small
 // cgo file because bimg cannot express what the contract needs: centre-aligned sampling with edges
@@ -130,10 +131,21 @@ type Params struct {
 	// MaxInputPixels and MaxOutputPixels are checked from the header before any decode (0: no limit).
 	MaxInputPixels, MaxOutputPixels int64
 
-	// viaAffine sends bilinear and bicubic through libvips' vips_affine instead of the separable
-	// resampler: the reference the tests compare the resampler with.
-	viaAffine bool
+	// path overrides which upsampler bilinear and bicubic take (tests and benchmarks compare them).
+	path upsamplePath
 }
+
+// upsamplePath picks the upsampler for bilinear and bicubic.
+type upsamplePath int
+
+const (
+	// pathAuto: the separable resampler for JPEG and WebP; vips_affine for PNG, where the resampler's
+	// rounding made 8x results up to 18 % larger and the encoder, not the upsampler, bounds the time
+	// (BENCHMARKS.md).
+	pathAuto upsamplePath = iota
+	pathAffine
+	pathSeparable
+)
 
 // Result describes what Upsize wrote.
 type Result struct {

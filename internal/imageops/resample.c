@@ -8,7 +8,7 @@
  * contiguous rows (vectorised by the compiler). Same kernel, same positions, same edge rule (copy the
  * edge), same alpha handling (premultiplied) as the affine path; results agree within rounding (tests
  * compare the two on every supported format). Formats other than 8-bit, 16-bit and float stay on
- * vips_affine.
+ * vips_affine, and so do PNG results (imageops.go says why).
  */
 #include <math.h>
 #include <string.h>
@@ -173,6 +173,10 @@ int up_resample_runs(void) { return g_atomic_int_get(&runs); }
 
 int up_resample(VipsObject *owner, VipsImage *in, VipsImage **out, int s, int cubic) {
 	g_atomic_int_inc(&runs);
+	if ((gint64) in->Xsize * s > VIPS_MAX_COORD || (gint64) in->Ysize * s > VIPS_MAX_COORD) {
+		vips_error("upsize", "output of %dx%d at %dx is too large", in->Xsize, in->Ysize, s);
+		return -1;
+	}
 	VipsImage **t = (VipsImage **) vips_object_local_array(owner, 4);
 	VipsBandFormat fmt = in->BandFmt;
 	int alpha = vips_image_hasalpha(in);

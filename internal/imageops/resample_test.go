@@ -9,6 +9,8 @@ import (
 	"io"
 	"math/rand"
 	"testing"
+
+	"github.com/h2non/bimg"
 )
 
 // TestResamplerMatchesAffine: the separable resampler gives vips_affine's result within rounding for
@@ -106,7 +108,10 @@ func pixelDiff(a, b color.Color, alpha bool) int {
 func upsizeVia(t *testing.T, src []byte, scale int, kernel Kernel, affine bool) []byte {
 	t.Helper()
 	var out bytes.Buffer
-	p := Params{Scale: scale, Kernel: kernel, Encoding: Encoding{PNGLevel: 1}, viaAffine: affine}
+	p := Params{Scale: scale, Kernel: kernel, Encoding: Encoding{PNGLevel: 1}, path: pathSeparable}
+	if affine {
+		p.path = pathAffine
+	}
 	if _, err := Upsize(context.Background(), src, &out, p); err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +131,10 @@ func BenchmarkResampler(b *testing.B) {
 				for _, affine := range []bool{true, false} {
 					name := map[bool]string{true: "affine", false: "separable"}[affine]
 					b.Run(fmt.Sprintf("%s-%d-%dx/%s", f, side, scale, name), func(b *testing.B) {
-						p := Params{Scale: scale, Kernel: "lanczos3", Encoding: cliEncoding, viaAffine: affine}
+						p := Params{Scale: scale, Kernel: "lanczos3", Encoding: cliEncoding, path: pathSeparable}
+						if affine {
+							p.path = pathAffine
+						}
 						for i := 0; i < b.N; i++ {
 							if _, err := Upsize(context.Background(), srcs[f], io.Discard, p); err != nil {
 								b.Fatal(err)
@@ -135,6 +143,33 @@ func BenchmarkResampler(b *testing.B) {
 					})
 				}
 			}
+		}
+	}
+}
+
+// TestUpsamplerChoice: JPEG and WebP results go through the separable resampler, PNG results through
+// vips_affine, and nearest through neither.
+func TestUpsamplerChoice(t *testing.T) {
+	img := photoLike(24, 16, 3)
+	webp, err := bimg.NewImage(encPNG(t, img)).Convert(bimg.WEBP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name      string
+		src       []byte
+		kernel    Kernel
+		separable bool
+	}{
+		{"jpeg", encJPEG(t, img, 90), "lanczos3", true},
+		{"webp", webp, "linear", true},
+		{"png", encPNG(t, img), "lanczos3", false},
+		{"jpeg-nearest", encJPEG(t, img, 90), "nearest", false},
+	} {
+		before := resamplerRuns()
+		upsize(t, c.src, 4, c.kernel)
+		if got := resamplerRuns() != before; got != c.separable {
+			t.Errorf("%s: separable resampler ran: %v, want %v", c.name, got, c.separable)
 		}
 	}
 }

@@ -61,7 +61,7 @@ static VipsInterpolate *interpolator(int interp) {
 /* upsample enlarges by an integer factor with pixel centres aligned: output pixel X samples input
  * position (X + 0.5) / s - 0.5, and samples outside the image copy the edge (no dark border).
  * Bilinear and bicubic go through the separable resampler (resample.c) unless p->affine asks for
- * libvips' general affine path, which the others always take. */
+ * libvips' general affine path (Go decides, per output format), which the others always take. */
 static int upsample(VipsObject *owner, VipsImage *in, VipsImage **out, int s, int interp, int affine) {
 	if (interp == 0)
 		return vips_zoom(in, out, s, s, NULL);

@@ -136,7 +136,7 @@ func Upsize(ctx context.Context, src []byte, dst io.Writer, p Params) (Result, e
 		webp_q:       C.int(e.WebPQuality),
 		webp_effort:  C.int(e.WebPEffort),
 		strip:        boolC(e.StripMetadata),
-		affine:       boolC(p.viaAffine),
+		affine:       boolC(p.path == pathAffine || (p.path == pathAuto && info.Format == PNG)),
 		sequential:   boolC(info.Orientation <= 1),
 		kill:         kill,
 		sink:         C.uintptr_t(h),
