@@ -11,7 +11,6 @@
  * vips_affine, and so do PNG results (imageops.go says why).
  */
 #include <math.h>
-#include <string.h>
 #include <vips/vips.h>
 
 #include "resample.h"

@@ -17,7 +17,7 @@ typedef struct {
 	int webp_q;
 	int webp_effort;
 	int strip;
-	int affine;     /* bilinear/bicubic through vips_affine instead of the separable resampler (tests) */
+	int affine;     /* bilinear/bicubic through vips_affine instead of the separable resampler */
 	int sequential; /* load top to bottom, overlapping decode and resampling (not for rotations) */
 	/* Set to non-zero from Go to abort the running evaluation. Read in libvips' eval callback. */
 	volatile int *kill;
