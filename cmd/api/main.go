@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/net/netutil"
+
 	"upsize/internal/app"
 	"upsize/internal/cancel"
 	"upsize/internal/config"
@@ -67,6 +69,8 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.
 		Limits: httpapi.Limits{
 			MaxUploadBytes: cfg.MaxUploadBytes, MaxInputPixels: cfg.MaxInputPixels, MaxOutputPixels: cfg.MaxOutputPixels,
 			QueueMaxBacklog: cfg.QueueMaxBacklog, WaitTimeout: cfg.UpsizeWaitTimeout,
+			BodyTimeout: cfg.BodyTimeout, UploadMemory: cfg.UploadMemory, ValidateMemory: cfg.ValidateMemory,
+			ValidateTimeout: cfg.ValidateTimeout,
 		},
 		AdminToken: cfg.AdminToken,
 		Ready: func(ctx context.Context) error {
@@ -93,6 +97,9 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.
 	if err != nil {
 		return err
 	}
+	// Each connection costs memory whatever it sends; past the bound, new ones wait in the kernel's
+	// accept queue.
+	ln = netutil.LimitListener(ln, int(cfg.MaxConnections))
 	log.Info("listening", "addr", ln.Addr().String(), "redis", redisconn.Redact(cfg.RedisURL), "blob_dir", cfg.BlobDir,
 		"admin_api", cfg.AdminToken != "")
 	served := make(chan error, 1)

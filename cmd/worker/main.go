@@ -79,6 +79,13 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.
 		writeStatus(w, ready(r.Context(), &draining, inflight, srv))
 	})
 	health.Handle("GET /metrics", obs.Handler(promReg, log))
+	health.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) {
+		// Every answer is JSON, as the API's: the error envelope.
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		w.WriteHeader(http.StatusNotFound)
+		fmt.Fprintln(w, `{"success":false,"code":404,"data":"not_found"}`)
+	})
 	hs := &http.Server{Handler: health, ReadHeaderTimeout: 5 * time.Second}
 	ln, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {

@@ -51,12 +51,14 @@ func Open(role string, getenv func(string) string, stdout io.Writer, defaultPool
 		return nil, err
 	}
 	return &Base{
-		Config:   cfg,
-		Log:      log,
-		Redis:    rdb,
-		Blobs:    blobs,
-		Store:    store.New(rdb, store.DefaultKeys),
-		Registry: cancel.NewRegistry(rdb, store.DefaultKeys, cfg.RequestTTL),
+		Config: cfg,
+		Log:    log,
+		Redis:  rdb,
+		Blobs:  blobs,
+		Store:  store.New(rdb, store.DefaultKeys),
+		Registry: cancel.NewRegistry(rdb, store.DefaultKeys, cancel.Settings{
+			TTL: cfg.RequestTTL, MaxOpen: cfg.MaxQueuedPerUser, MaxTombstones: cfg.MaxTombstonesPerUser,
+		}),
 	}, nil
 }
 

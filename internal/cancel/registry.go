@@ -59,12 +59,30 @@ type Request struct {
 type Registry struct {
 	rdb  redis.UniversalClient
 	keys store.Keys
-	ttl  time.Duration
+	set  Settings
 }
 
-// NewRegistry keeps request states and tombstones for ttl (REQUEST_TTL).
-func NewRegistry(rdb redis.UniversalClient, keys store.Keys, ttl time.Duration) *Registry {
-	return &Registry{rdb: rdb, keys: keys, ttl: ttl}
+// Settings bound what the registry keeps.
+type Settings struct {
+	// TTL (REQUEST_TTL) is how long a request's outcome and a cancel tombstone stay readable. A queued or
+	// running request never expires.
+	TTL time.Duration
+	// MaxOpen (MAX_QUEUED_PER_USER) is how many queued or running requests one user may have; 0: no limit.
+	MaxOpen int64
+	// MaxTombstones (MAX_TOMBSTONES_PER_USER) bounds one user's tombstones: past it the oldest go.
+	MaxTombstones int64
+}
+
+// DefaultMaxTombstones keeps ample room for the cancel-before-upsize race (seconds) while a client
+// that cancels made-up ids at full speed holds at most this many keys (about 200 bytes each).
+const DefaultMaxTombstones = 1000
+
+// NewRegistry makes a registry; zero MaxTombstones takes DefaultMaxTombstones.
+func NewRegistry(rdb redis.UniversalClient, keys store.Keys, s Settings) *Registry {
+	if s.MaxTombstones <= 0 {
+		s.MaxTombstones = DefaultMaxTombstones
+	}
+	return &Registry{rdb: rdb, keys: keys, set: s}
 }
 
 // signal is the pub/sub message naming a request: the user id has no ':', so the first one splits.
@@ -134,34 +152,18 @@ type AdmitResult struct {
 	Admitted bool
 	Request  Request // the new request, or the one that already had this id
 	Exists   bool    // the id was taken meanwhile (by a concurrent upsize or a cancel): apply rule 3 to Request
+	TooMany  bool    // the user has MaxOpen requests queued or running (rule 13)
 	NoCredit bool
 }
 
-// admit reserves the cost and creates the request, unless the id already exists or credits are short.
-// KEYS: request, user, image sequence, unenqueued set. ARGV: cost, ttl ms, image, scale, model, queue,
-// task, now, signal.
-var admit = redis.NewScript(`
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return {'exists', redis.call('HGETALL', KEYS[1])}
-end
-local credits = tonumber(redis.call('HGET', KEYS[2], 'credits'))
-local cost = tonumber(ARGV[1])
-if credits == nil or credits < cost then
-  return {'nocredit', {}}
-end
-redis.call('HINCRBY', KEYS[2], 'credits', -cost)
-local result = redis.call('INCR', KEYS[3])
-redis.call('HSET', KEYS[1], 'state', 'queued', 'image', ARGV[3], 'scale', ARGV[4], 'model', ARGV[5],
-  'cost', cost, 'result', result, 'queue', ARGV[6], 'task', ARGV[7], 'created', ARGV[8])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('ZADD', KEYS[4], ARGV[8], ARGV[9])
-return {'ok', redis.call('HGETALL', KEYS[1])}`)
-
-// Admit is rule 14: reserve the cost and record the request as queued, atomically.
+// Admit is rules 13 (the user's open requests) and 14: reserve the cost and record the request as
+// queued, atomically.
 func (r *Registry) Admit(ctx context.Context, a Admission) (AdmitResult, error) {
-	v, err := admit.Run(ctx, r.rdb,
-		[]string{r.keys.Request(a.UserID, a.RequestID), r.keys.User(a.UserID), r.keys.ImageSeq(), r.keys.Unenqueued()},
-		a.Cost, r.ttl.Milliseconds(), a.ImageID, a.Scale, a.Model, a.Queue, a.TaskID, nowMS(), signal(a.UserID, a.RequestID)).Slice()
+	k := r.keys
+	v, err := admitScript.Run(ctx, r.rdb,
+		[]string{k.Request(a.UserID, a.RequestID), k.User(a.UserID), k.ImageSeq(), k.Unenqueued(), k.Open(a.UserID)},
+		a.Cost, r.set.MaxOpen, a.ImageID, a.Scale, a.Model, a.Queue, a.TaskID, nowMS(), signal(a.UserID, a.RequestID),
+		a.RequestID).Slice()
 	if err != nil {
 		return AdmitResult{}, err
 	}
@@ -172,11 +174,21 @@ func (r *Registry) Admit(ctx context.Context, a Admission) (AdmitResult, error) 
 		return AdmitResult{Admitted: true, Request: req}, nil
 	case "exists":
 		return AdmitResult{Exists: true, Request: req}, nil
+	case "toomany":
+		return AdmitResult{TooMany: true}, nil
 	case "nocredit":
 		return AdmitResult{NoCredit: true}, nil
 	}
 	return AdmitResult{}, fmt.Errorf("cancel: admit answered %q", verdict)
 }
+
+// OpenCount is how many requests of the user are queued or running.
+func (r *Registry) OpenCount(ctx context.Context, userID int64) (int64, error) {
+	return r.rdb.HLen(ctx, r.keys.Open(userID)).Result()
+}
+
+// MaxOpen is the configured bound of OpenCount (0: none).
+func (r *Registry) MaxOpen() int64 { return r.set.MaxOpen }
 
 // Enqueued records that the request's task is on the queue: the sweeper no longer needs to look at it.
 func (r *Registry) Enqueued(ctx context.Context, userID int64, requestID string) error {
@@ -200,7 +212,7 @@ func (r *Registry) Unenqueued(ctx context.Context, before time.Time, limit int64
 		}
 		req, err := r.Get(ctx, uid, rid)
 		if errors.Is(err, ErrNotFound) {
-			req = Request{UserID: uid, ID: rid} // expired: State "" tells the sweeper to drop it
+			req = Request{UserID: uid, ID: rid} // lost: State "" tells the sweeper to drop it
 		} else if err != nil {
 			return nil, err
 		}
@@ -209,20 +221,10 @@ func (r *Registry) Unenqueued(ctx context.Context, before time.Time, limit int64
 	return out, nil
 }
 
-// start moves a queued (or, after a crash, running) request to running.
-// KEYS: request. ARGV: now.
-var start = redis.NewScript(`
-local st = redis.call('HGET', KEYS[1], 'state')
-if st == 'queued' or st == 'running' then
-  redis.call('HSET', KEYS[1], 'state', 'running', 'started', ARGV[1])
-  redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-end
-return redis.call('HGETALL', KEYS[1])`)
-
-// Start marks the request running. run is false when it must not run: canceled, already finished, or
-// gone (expired).
+// Start marks the request running. run is false when it must not run: canceled or already finished.
+// ErrNotFound: the request's state is gone (see Lost).
 func (r *Registry) Start(ctx context.Context, userID int64, requestID string) (req Request, run bool, err error) {
-	v, err := start.Run(ctx, r.rdb, []string{r.keys.Request(userID, requestID)}, nowMS()).Result()
+	v, err := startScript.Run(ctx, r.rdb, []string{r.keys.Request(userID, requestID)}, nowMS()).Result()
 	if err != nil {
 		return Request{}, false, err
 	}
@@ -234,56 +236,39 @@ func (r *Registry) Start(ctx context.Context, userID int64, requestID string) (r
 	return req, req.State == Running, nil
 }
 
-// complete records the result image and the completed state, unless the request already ended.
-// KEYS: request, result image. ARGV: events channel, message, now, then the image's hash fields.
-var complete = redis.NewScript(`
-local st = redis.call('HGET', KEYS[1], 'state')
-if st ~= 'queued' and st ~= 'running' then return st or 'missing' end
-redis.call('HSET', KEYS[2], unpack(ARGV, 4))
-redis.call('HSET', KEYS[1], 'state', 'completed', 'finished', ARGV[3])
-redis.call('PUBLISH', ARGV[1], ARGV[2])
-return 'completed'`)
-
 // Complete is the worker's side of the race with cancel. It returns Completed when the result image is
 // now visible, or the state that won (Canceled, Failed): the caller must then delete the result's bytes.
 func (r *Registry) Complete(ctx context.Context, req Request, img store.Image) (State, error) {
-	args := append([]any{r.keys.Events(), signal(req.UserID, req.ID), nowMS()}, img.Fields()...)
-	st, err := complete.Run(ctx, r.rdb, []string{r.keys.Request(req.UserID, req.ID), r.keys.Image(img.ID)}, args...).Text()
+	k := r.keys
+	args := append([]any{k.Events(), signal(req.UserID, req.ID), nowMS(), r.set.TTL.Milliseconds(), req.ID}, img.Fields()...)
+	st, err := completeScript.Run(ctx, r.rdb, []string{k.Request(req.UserID, req.ID), k.Image(img.ID), k.Open(req.UserID)}, args...).Text()
 	return State(st), err
 }
-
-// fail records a failure and refunds the reservation, unless the request already ended.
-// KEYS: request, user. ARGV: events channel, message, now, code, data.
-var fail = redis.NewScript(`
-local st = redis.call('HGET', KEYS[1], 'state')
-if st ~= 'queued' and st ~= 'running' then return st or 'missing' end
-redis.call('HINCRBY', KEYS[2], 'credits', tonumber(redis.call('HGET', KEYS[1], 'cost')) or 0)
-redis.call('HSET', KEYS[1], 'state', 'failed', 'code', ARGV[4], 'data', ARGV[5], 'finished', ARGV[3])
-redis.call('PUBLISH', ARGV[1], ARGV[2])
-return 'failed'`)
 
 // Fail ends the request with an error envelope (code, data) and refunds it. It returns Failed, or the
 // state that had already won.
 func (r *Registry) Fail(ctx context.Context, userID int64, requestID string, code int, data string) (State, error) {
-	st, err := fail.Run(ctx, r.rdb, []string{r.keys.Request(userID, requestID), r.keys.User(userID)},
-		r.keys.Events(), signal(userID, requestID), nowMS(), code, data).Text()
+	k := r.keys
+	st, err := failScript.Run(ctx, r.rdb, []string{k.Request(userID, requestID), k.User(userID), k.Open(userID)},
+		k.Events(), signal(userID, requestID), nowMS(), code, data, r.set.TTL.Milliseconds(), requestID).Text()
 	return State(st), err
 }
 
-// cancelScript cancels a pending request (refunding it), or leaves a tombstone for an id not seen yet.
-// KEYS: request, user. ARGV: events channel, cancels channel, message, now, ttl ms.
-var cancelScript = redis.NewScript(`
-local st = redis.call('HGET', KEYS[1], 'state')
-if not st then
-  redis.call('HSET', KEYS[1], 'state', 'canceled', 'tombstone', '1', 'created', ARGV[4], 'finished', ARGV[4])
-  redis.call('PEXPIRE', KEYS[1], ARGV[5])
-elseif st == 'queued' or st == 'running' then
-  redis.call('HINCRBY', KEYS[2], 'credits', tonumber(redis.call('HGET', KEYS[1], 'cost')) or 0)
-  redis.call('HSET', KEYS[1], 'state', 'canceled', 'finished', ARGV[4])
-  redis.call('PUBLISH', ARGV[1], ARGV[3])
-  redis.call('PUBLISH', ARGV[2], ARGV[3])
-end
-return {redis.call('HGET', KEYS[1], 'state'), st or 'none', redis.call('HGETALL', KEYS[1])}`)
+// Lost settles a request whose state is gone while its task still runs: the reservation it held is
+// refunded and it is recorded as failed (code, data). It returns the refunded cost; exists is true when
+// the request turned out to exist after all (nothing was done).
+func (r *Registry) Lost(ctx context.Context, userID int64, requestID string, code int, data string) (refunded int64, exists bool, err error) {
+	k := r.keys
+	n, err := lostScript.Run(ctx, r.rdb, []string{k.Request(userID, requestID), k.User(userID), k.Open(userID)},
+		k.Events(), signal(userID, requestID), nowMS(), code, data, r.set.TTL.Milliseconds(), requestID).Int64()
+	if err != nil {
+		return 0, false, err
+	}
+	if n < 0 {
+		return 0, true, nil
+	}
+	return n, false, nil
+}
 
 // CancelResult says what Cancel found and did.
 type CancelResult struct {
@@ -295,8 +280,11 @@ type CancelResult struct {
 // Cancel cancels the user's request id: a queued or running request is canceled and refunded (the
 // workers are told), an unknown id gets a tombstone, and a finished request is left as it is.
 func (r *Registry) Cancel(ctx context.Context, userID int64, requestID string) (CancelResult, error) {
-	v, err := cancelScript.Run(ctx, r.rdb, []string{r.keys.Request(userID, requestID), r.keys.User(userID)},
-		r.keys.Events(), r.keys.Cancels(), signal(userID, requestID), nowMS(), r.ttl.Milliseconds()).Slice()
+	k := r.keys
+	v, err := cancelScript.Run(ctx, r.rdb,
+		[]string{k.Request(userID, requestID), k.User(userID), k.Open(userID), k.Tombstones(userID)},
+		k.Events(), k.Cancels(), signal(userID, requestID), nowMS(), r.set.TTL.Milliseconds(), requestID,
+		r.set.MaxTombstones, k.Request(userID, "")).Slice()
 	if err != nil {
 		return CancelResult{}, err
 	}

@@ -27,7 +27,7 @@ type fixture struct {
 
 func setup(t *testing.T, credits int64) *fixture {
 	rdb := testenv.Redis(t)
-	f := &fixture{rdb: rdb, st: store.New(rdb, store.DefaultKeys), reg: cancel.NewRegistry(rdb, store.DefaultKeys, time.Hour), ctx: context.Background()}
+	f := &fixture{rdb: rdb, st: store.New(rdb, store.DefaultKeys), reg: cancel.NewRegistry(rdb, store.DefaultKeys, cancel.Settings{TTL: time.Hour}), ctx: context.Background()}
 	var err error
 	f.user, err = f.st.CreateUser(f.ctx, store.UserPatch{Credits: &credits})
 	if err != nil {
@@ -72,9 +72,160 @@ func TestAdmitReservesAndRefusesWhatIsTaken(t *testing.T) {
 	if c := f.credits(t); c != 1 {
 		t.Fatalf("credits %d after refused admissions", c)
 	}
-	ttl := f.rdb.PTTL(f.ctx, store.DefaultKeys.Request(f.user.ID, "r1")).Val()
-	if ttl <= 0 || ttl > time.Hour {
-		t.Fatalf("request kept for %s, want REQUEST_TTL (1h)", ttl)
+	// Queued, it never expires: its credits are held until it has an outcome.
+	key := store.DefaultKeys.Request(f.user.ID, "r1")
+	if ttl := f.rdb.PTTL(f.ctx, key).Val(); ttl != -1 {
+		t.Fatalf("a queued request expires in %s; it must not while its credits are held", ttl)
+	}
+	if _, _, err := f.reg.Start(f.ctx, f.user.ID, "r1"); err != nil {
+		t.Fatal(err)
+	}
+	if ttl := f.rdb.PTTL(f.ctx, key).Val(); ttl != -1 {
+		t.Fatalf("a running request expires in %s", ttl)
+	}
+	if _, err := f.reg.Fail(f.ctx, f.user.ID, "r1", 500, "upsize_failed"); err != nil {
+		t.Fatal(err)
+	}
+	if ttl := f.rdb.PTTL(f.ctx, key).Val(); ttl <= 0 || ttl > time.Hour {
+		t.Fatalf("finished request kept for %s, want REQUEST_TTL (1h)", ttl)
+	}
+}
+
+// Every transition to an outcome starts the keep time and releases the user's open slot.
+func TestOutcomesExpireAndReleaseOpenSlots(t *testing.T) {
+	f := setup(t, 10)
+	res := f.admit(t, "c1", 1)
+	f.admit(t, "x1", 1)
+	f.admit(t, "f1", 1)
+	if n, _ := f.reg.OpenCount(f.ctx, f.user.ID); n != 3 {
+		t.Fatalf("open %d, want 3", n)
+	}
+	img := store.Image{ID: res.Request.ResultID, OwnerID: f.user.ID, Width: 2, Height: 2, Scale: "2x", Format: "png"}
+	if st, err := f.reg.Complete(f.ctx, res.Request, img); err != nil || st != cancel.Completed {
+		t.Fatalf("complete: %s %v", st, err)
+	}
+	if _, err := f.reg.Cancel(f.ctx, f.user.ID, "x1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.reg.Fail(f.ctx, f.user.ID, "f1", 422, "invalid_image"); err != nil {
+		t.Fatal(err)
+	}
+	for _, rid := range []string{"c1", "x1", "f1"} {
+		if ttl := f.rdb.PTTL(f.ctx, store.DefaultKeys.Request(f.user.ID, rid)).Val(); ttl <= 0 || ttl > time.Hour {
+			t.Errorf("%s kept for %s after its outcome, want REQUEST_TTL", rid, ttl)
+		}
+	}
+	if n, _ := f.reg.OpenCount(f.ctx, f.user.ID); n != 0 {
+		t.Fatalf("open %d after three outcomes", n)
+	}
+	if c := f.credits(t); c != 9 {
+		t.Fatalf("credits %d, want 9 (one completed at cost 1)", c)
+	}
+}
+
+// Rule 13: a user's queued + running requests are bounded, atomically, and refusing charges nothing.
+func TestMaxOpenRequestsPerUser(t *testing.T) {
+	f := setup(t, 100)
+	f.reg = cancel.NewRegistry(f.rdb, store.DefaultKeys, cancel.Settings{TTL: time.Hour, MaxOpen: 3})
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	admitted, tooMany := 0, 0
+	for i := 0; i < 20; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res := f.admit(t, fmt.Sprintf("open-%d", i), 2)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case res.Admitted:
+				admitted++
+			case res.TooMany:
+				tooMany++
+			}
+		}()
+	}
+	wg.Wait()
+	if admitted != 3 || tooMany != 17 {
+		t.Fatalf("admitted %d, too many %d; want 3 and 17", admitted, tooMany)
+	}
+	if c := f.credits(t); c != 100-3*2 {
+		t.Fatalf("credits %d, want %d: refused requests must not be charged", c, 100-3*2)
+	}
+	// Another user is not held up by this one.
+	other, _ := f.st.CreateUser(f.ctx, store.UserPatch{Credits: ptr(int64(5))})
+	if res, err := f.reg.Admit(f.ctx, cancel.Admission{UserID: other.ID, RequestID: "open-0", Cost: 1, Scale: "2x"}); err != nil || !res.Admitted {
+		t.Fatalf("other user: %+v %v", res, err)
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// A task whose request's state is gone (Redis lost it) refunds the reservation and records a failure.
+func TestLostRequestIsRefundedAndFailed(t *testing.T) {
+	f := setup(t, 10)
+	f.admit(t, "lost", 4)
+	if err := f.rdb.Del(f.ctx, store.DefaultKeys.Request(f.user.ID, "lost")).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := f.reg.Start(f.ctx, f.user.ID, "lost"); !errors.Is(err, cancel.ErrNotFound) {
+		t.Fatalf("start: %v", err)
+	}
+	n, exists, err := f.reg.Lost(f.ctx, f.user.ID, "lost", 500, "upsize_failed")
+	if err != nil || exists || n != 4 {
+		t.Fatalf("lost: refunded %d, exists %v, %v", n, exists, err)
+	}
+	if c := f.credits(t); c != 10 {
+		t.Fatalf("credits %d, want 10", c)
+	}
+	req, err := f.reg.Get(f.ctx, f.user.ID, "lost")
+	if err != nil || req.State != cancel.Failed || req.ErrCode != 500 {
+		t.Fatalf("after settling: %+v %v", req, err)
+	}
+	// Settling twice refunds nothing more.
+	if _, exists, _ := f.reg.Lost(f.ctx, f.user.ID, "lost", 500, "upsize_failed"); !exists {
+		t.Fatal("second settlement did not see the recorded failure")
+	}
+	if c := f.credits(t); c != 10 {
+		t.Fatalf("credits %d after a second settlement", c)
+	}
+}
+
+// Cancels of made-up ids cannot grow Redis without limit: past the bound the oldest tombstones go,
+// and canceled real requests are not touched.
+func TestTombstonesAreBoundedPerUser(t *testing.T) {
+	f := setup(t, 10)
+	f.reg = cancel.NewRegistry(f.rdb, store.DefaultKeys, cancel.Settings{TTL: time.Hour, MaxTombstones: 5})
+	f.admit(t, "real", 1)
+	if _, err := f.reg.Cancel(f.ctx, f.user.ID, "real"); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 50; i++ {
+		if _, err := f.reg.Cancel(f.ctx, f.user.ID, fmt.Sprintf("ghost-%02d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	keys, err := f.rdb.Keys(f.ctx, store.DefaultKeys.Request(f.user.ID, "ghost-*")).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) != 5 {
+		t.Fatalf("%d tombstones kept, want 5", len(keys))
+	}
+	for i := 45; i < 50; i++ {
+		if req, err := f.reg.Get(f.ctx, f.user.ID, fmt.Sprintf("ghost-%02d", i)); err != nil || !req.Tombstone {
+			t.Fatalf("newest tombstone ghost-%02d: %+v %v", i, req, err)
+		}
+	}
+	if req, err := f.reg.Get(f.ctx, f.user.ID, "real"); err != nil || req.State != cancel.Canceled {
+		t.Fatalf("the canceled real request: %+v %v", req, err)
+	}
+	// Another user's tombstones are counted apart.
+	if _, err := f.reg.Cancel(f.ctx, f.user.ID+1, "ghost-00"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.reg.Get(f.ctx, f.user.ID+1, "ghost-00"); err != nil {
+		t.Fatalf("other user's tombstone: %v", err)
 	}
 }
 

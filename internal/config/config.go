@@ -28,6 +28,25 @@ type Config struct {
 	QueueMaxBacklog   int64
 	MaxUploadBytes    int64
 	RequestTTL        time.Duration
+	// MaxQueuedPerUser bounds one user's queued + running requests (rule 13); MaxTombstonesPerUser bounds
+	// the cancel tombstones one user can leave.
+	MaxQueuedPerUser     int64
+	MaxTombstonesPerUser int64
+
+	// Bounds of what clients can make the API hold. BodyTimeout: a request body must arrive within it
+	// (a trickled body is cut off). UploadMemory: bytes of upload bodies held at once; ValidateMemory:
+	// estimated decode memory of uploads being validated at once; ValidateTimeout: one validation's time.
+	// MaxConnections: open client connections. Together they bound the API's memory (README).
+	BodyTimeout     time.Duration
+	UploadMemory    int64
+	ValidateMemory  int64
+	ValidateTimeout time.Duration
+	MaxConnections  int64
+
+	// The janitor removes stale partial writes and image bytes without a record, older than JanitorGrace,
+	// every JanitorInterval (one run at a time across replicas).
+	JanitorInterval time.Duration
+	JanitorGrace    time.Duration
 
 	// DrainDelay is how long the API keeps serving after SIGTERM with readiness already 503, so that
 	// load balancers stop sending first; DrainTimeout then bounds how long waiting requests may finish.
@@ -44,30 +63,45 @@ func Load(role string, getenv func(string) string) (Config, error) {
 		addr = ":9090"
 	}
 	c := Config{
-		RedisURL:           r.str("REDIS_URL", "redis://127.0.0.1:6379/0"),
-		RedisPoolSize:      int(r.int("REDIS_POOL_SIZE", 0, 0)),
-		HTTPAddr:           r.str("HTTP_ADDR", addr),
-		AdminToken:         getenv("ADMIN_TOKEN"),
-		BlobDir:            r.str("BLOB_DIR", "./var/blobs"),
-		WorkerConcurrency:  int(r.int("WORKER_CONCURRENCY", int64(runtime.NumCPU()), 1)),
-		WorkerPollInterval: r.dur("WORKER_POLL_INTERVAL", 4*time.Millisecond),
-		VipsConcurrency:    int(r.int("VIPS_CONCURRENCY", 0, 0)),
-		ShutdownTimeout:    r.dur("SHUTDOWN_TIMEOUT", 50*time.Second),
-		UpsizeWaitTimeout:  r.dur("UPSIZE_WAIT_TIMEOUT", 60*time.Second),
-		MaxInputPixels:     r.int("MAX_INPUT_PIXELS", 50_000_000, 1),
-		MaxOutputPixels:    r.int("MAX_OUTPUT_PIXELS", 100_000_000, 1),
-		QueueMaxBacklog:    r.int("QUEUE_MAX_BACKLOG", 10_000, 0),
-		MaxUploadBytes:     r.int("MAX_UPLOAD_BYTES", 32<<20, 1),
-		RequestTTL:         r.dur("REQUEST_TTL", 24*time.Hour),
-		DrainDelay:         r.dur("DRAIN_DELAY", 0),
-		DrainTimeout:       r.dur("DRAIN_TIMEOUT", 25*time.Second),
-		LogLevel:           r.str("LOG_LEVEL", "info"),
+		RedisURL:             r.str("REDIS_URL", "redis://127.0.0.1:6379/0"),
+		RedisPoolSize:        int(r.int("REDIS_POOL_SIZE", 0, 0)),
+		HTTPAddr:             r.str("HTTP_ADDR", addr),
+		AdminToken:           getenv("ADMIN_TOKEN"),
+		BlobDir:              r.str("BLOB_DIR", "./var/blobs"),
+		WorkerConcurrency:    int(r.int("WORKER_CONCURRENCY", int64(runtime.NumCPU()), 1)),
+		WorkerPollInterval:   r.dur("WORKER_POLL_INTERVAL", 4*time.Millisecond),
+		VipsConcurrency:      int(r.int("VIPS_CONCURRENCY", 0, 0)),
+		ShutdownTimeout:      r.dur("SHUTDOWN_TIMEOUT", 50*time.Second),
+		UpsizeWaitTimeout:    r.dur("UPSIZE_WAIT_TIMEOUT", 60*time.Second),
+		MaxInputPixels:       r.int("MAX_INPUT_PIXELS", 50_000_000, 1),
+		MaxOutputPixels:      r.int("MAX_OUTPUT_PIXELS", 100_000_000, 1),
+		QueueMaxBacklog:      r.int("QUEUE_MAX_BACKLOG", 10_000, 0),
+		MaxUploadBytes:       r.int("MAX_UPLOAD_BYTES", 32<<20, 1),
+		RequestTTL:           r.dur("REQUEST_TTL", 24*time.Hour),
+		MaxQueuedPerUser:     r.int("MAX_QUEUED_PER_USER", 100, 0),
+		MaxTombstonesPerUser: r.int("MAX_TOMBSTONES_PER_USER", 1000, 1),
+		BodyTimeout:          r.dur("BODY_TIMEOUT", 60*time.Second),
+		UploadMemory:         r.int("UPLOAD_MEMORY", 128<<20, 1),
+		ValidateMemory:       r.int("VALIDATE_MEMORY", 512<<20, 1),
+		ValidateTimeout:      r.dur("VALIDATE_TIMEOUT", 30*time.Second),
+		MaxConnections:       r.int("MAX_CONNECTIONS", 8192, 1),
+		JanitorInterval:      r.dur("JANITOR_INTERVAL", 10*time.Minute),
+		JanitorGrace:         r.dur("JANITOR_GRACE", time.Hour),
+		DrainDelay:           r.dur("DRAIN_DELAY", 0),
+		DrainTimeout:         r.dur("DRAIN_TIMEOUT", 25*time.Second),
+		LogLevel:             r.str("LOG_LEVEL", "info"),
 	}
 	if r.err != nil {
 		return Config{}, r.err
 	}
 	if c.WorkerPollInterval < time.Millisecond {
 		return Config{}, fmt.Errorf("WORKER_POLL_INTERVAL %s: must be at least 1ms", c.WorkerPollInterval)
+	}
+	if c.UploadMemory < c.MaxUploadBytes {
+		return Config{}, fmt.Errorf("UPLOAD_MEMORY %d: must be at least MAX_UPLOAD_BYTES (%d)", c.UploadMemory, c.MaxUploadBytes)
+	}
+	if c.BodyTimeout < time.Second {
+		return Config{}, fmt.Errorf("BODY_TIMEOUT %s: must be at least 1s", c.BodyTimeout)
 	}
 	if c.RequestTTL < time.Minute {
 		return Config{}, fmt.Errorf("REQUEST_TTL %s: must be at least 1m", c.RequestTTL)

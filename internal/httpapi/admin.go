@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"slices"
 	"sort"
 	"strconv"
 	"time"
@@ -17,19 +18,33 @@ import (
 
 const maxAdminBody = 64 << 10
 
-// jsonFields reads a JSON object body (an empty body is an empty object). Values stay raw so that each
-// field's type is checked by name and a bad one is named in invalid_field (name).
-func jsonFields(c *gin.Context) (map[string]json.RawMessage, bool) {
+// jsonFields reads a JSON object body (an empty body is an empty object) whose keys are all in allowed.
+// Values stay raw so that each field's type is checked by name and a bad one is named in
+// invalid_field (name); an unknown or repeated key is a bad field too.
+func jsonFields(c *gin.Context, allowed ...string) (map[string]json.RawMessage, bool) {
 	body, ok := readBody(c, maxAdminBody)
 	if !ok {
 		return nil, false
 	}
-	m := map[string]json.RawMessage{}
-	if len(bytes.TrimSpace(body)) == 0 {
-		return m, true
-	}
-	if err := json.Unmarshal(body, &m); err != nil || m == nil {
+	m, err := decodeObject(body)
+	var dup duplicateKeyError
+	switch {
+	case errors.As(err, &dup):
+		fail(c, http.StatusBadRequest, reasonInvalidField(dup.key))
+		return nil, false
+	case err != nil:
 		fail(c, http.StatusBadRequest, reasonInvalidField("body"))
+		return nil, false
+	}
+	names := make([]string, 0, len(m))
+	for k := range m {
+		if !slices.Contains(allowed, k) {
+			names = append(names, k)
+		}
+	}
+	if len(names) > 0 {
+		sort.Strings(names)
+		fail(c, http.StatusBadRequest, reasonInvalidField(names[0]))
 		return nil, false
 	}
 	return m, true
@@ -48,11 +63,18 @@ func oneOf(raw json.RawMessage, allowed ...string) (string, bool) {
 	return "", false
 }
 
-// nonNegativeInt accepts a JSON integer literal ≥ 0 (not 1.5, not "1").
-func nonNegativeInt(raw json.RawMessage) (int64, bool) {
+// MaxCredits bounds balances and costs (SPEC: whole numbers from 0 to 10^12), so that no sum of a
+// balance and refunds can overflow Redis' 64-bit integers.
+const MaxCredits = 1_000_000_000_000
+
+// creditAmount accepts a JSON integer literal from 0 to MaxCredits (not 1.5, not "1").
+func creditAmount(raw json.RawMessage) (int64, bool) {
 	n, err := strconv.ParseInt(string(bytes.TrimSpace(raw)), 10, 64)
-	return n, err == nil && n >= 0
+	return n, err == nil && n >= 0 && n <= MaxCredits
 }
+
+// userFields are the fields of POST /admin/users and PATCH /admin/users/{id}.
+var userFields = []string{"plan", "premium", "billing", "credits"}
 
 // userPatch validates the user fields present in m, in a fixed order.
 func userPatch(c *gin.Context, m map[string]json.RawMessage) (store.UserPatch, bool) {
@@ -82,7 +104,7 @@ func userPatch(c *gin.Context, m map[string]json.RawMessage) (store.UserPatch, b
 		p.Billing = &v
 	}
 	if raw, ok := m["credits"]; ok {
-		v, ok := nonNegativeInt(raw)
+		v, ok := creditAmount(raw)
 		if !ok {
 			fail(c, http.StatusBadRequest, reasonInvalidField("credits"))
 			return p, false
@@ -94,7 +116,7 @@ func userPatch(c *gin.Context, m map[string]json.RawMessage) (store.UserPatch, b
 
 func handleCreateUser(s *store.Store) gin.HandlerFunc {
 	return func(c *gin.Context) {
-		m, ok := jsonFields(c)
+		m, ok := jsonFields(c, userFields...)
 		if !ok {
 			return
 		}
@@ -148,7 +170,7 @@ func handlePatchUser(s *store.Store) gin.HandlerFunc {
 		if !ok {
 			return
 		}
-		m, ok := jsonFields(c)
+		m, ok := jsonFields(c, userFields...)
 		if !ok {
 			return
 		}
@@ -167,7 +189,7 @@ func handleCreateAPIKey(s *store.Store) gin.HandlerFunc {
 		if !ok {
 			return
 		}
-		m, ok := jsonFields(c)
+		m, ok := jsonFields(c, "expiresAt")
 		if !ok {
 			return
 		}
@@ -202,7 +224,7 @@ func handleCreateAPIKey(s *store.Store) gin.HandlerFunc {
 
 func handleSetModel(s *store.Store) gin.HandlerFunc {
 	return func(c *gin.Context) {
-		m, ok := jsonFields(c)
+		m, ok := jsonFields(c, "model")
 		if !ok {
 			return
 		}
@@ -234,7 +256,7 @@ func handleDelete(del func(context.Context) error) gin.HandlerFunc {
 // handleSetCosts replaces the cost table: {"2x": 1, "4x": 2, "8x": 4}, any scale may be absent.
 func handleSetCosts(s *store.Store) gin.HandlerFunc {
 	return func(c *gin.Context) {
-		m, ok := jsonFields(c)
+		m, ok := jsonFields(c, "2x", "4x", "8x")
 		if !ok {
 			return
 		}
@@ -245,8 +267,8 @@ func handleSetCosts(s *store.Store) gin.HandlerFunc {
 		sort.Strings(names)
 		costs := map[string]int64{}
 		for _, k := range names {
-			n, ok := nonNegativeInt(m[k])
-			if _, known := map[string]bool{"2x": true, "4x": true, "8x": true}[k]; !known || !ok {
+			n, ok := creditAmount(m[k])
+			if !ok {
 				fail(c, http.StatusBadRequest, reasonInvalidField(k))
 				return
 			}
@@ -257,5 +279,33 @@ func handleSetCosts(s *store.Store) gin.HandlerFunc {
 			return
 		}
 		c.JSON(http.StatusOK, gin.H{"costs": costs})
+	}
+}
+
+// handleGetModel answers the upsize model, or null when none is set.
+func handleGetModel(s *store.Store) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		st, err := s.GetSettings(c.Request.Context())
+		if err != nil {
+			unavailable(c, reasonServiceUnavailable, err)
+			return
+		}
+		var model *string
+		if st.Model != "" {
+			model = &st.Model
+		}
+		c.JSON(http.StatusOK, gin.H{"model": model})
+	}
+}
+
+// handleGetCosts answers the cost table as PUT takes it ({} when unset).
+func handleGetCosts(s *store.Store) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		st, err := s.GetSettings(c.Request.Context())
+		if err != nil {
+			unavailable(c, reasonServiceUnavailable, err)
+			return
+		}
+		c.JSON(http.StatusOK, st.Costs)
 	}
 }

@@ -1,7 +1,9 @@
 package httpapi
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"io"
 	"mime"
 	"mime/multipart"
@@ -17,22 +19,34 @@ import (
 	"upsize/internal/store"
 )
 
-// maxFieldBytes bounds each text field of an upload.
-const maxFieldBytes = 8 << 10
+// maxFieldBytes bounds each text field of an upload; maxParts bounds the parts of one upload.
+const (
+	maxFieldBytes = 8 << 10
+	maxParts      = 32
+)
 
-// upload is a parsed multipart upload.
-type upload struct {
-	file    []byte
-	hasFile bool
-	fields  map[string]string
+// textFields are the text fields an upload may carry (the admin's ownerId and collection included);
+// parts under other names are skipped unread.
+var textFields = map[string]bool{
+	"originalPrompt": true, "super": true, "main": true, "groupId": true, "blurReason": true, "variationId": true,
+	"ownerId": true, "collection": true,
 }
 
-// readUpload parses the multipart body, bounded by MAX_UPLOAD_BYTES as a whole.
-func readUpload(c *gin.Context, maxBytes int64) (upload, bool) {
-	if c.Request.ContentLength > maxBytes {
-		fail(c, http.StatusRequestEntityTooLarge, reasonPayloadTooLarge)
-		return upload{}, false
+// upload is a parsed multipart upload. Its file lives in a pageBuffer that free releases.
+type upload struct {
+	file   *pageBuffer
+	fields map[string]string
+}
+
+func (u upload) free() {
+	if u.file != nil {
+		u.file.Free()
 	}
+}
+
+// readUpload parses the multipart body, bounded by MAX_UPLOAD_BYTES as a whole. Its caller holds
+// fileMax bytes of the upload memory, which is what the file may take.
+func readUpload(c *gin.Context, maxBytes, fileMax int64) (upload, bool) {
 	c.Request.Body = http.MaxBytesReader(c.Writer, c.Request.Body, maxBytes)
 	up := upload{fields: map[string]string{}}
 	mt, params, err := mime.ParseMediaType(c.GetHeader("Content-Type"))
@@ -41,53 +55,61 @@ func readUpload(c *gin.Context, maxBytes int64) (upload, bool) {
 		return upload{}, false
 	}
 	mr := multipart.NewReader(c.Request.Body, params["boundary"])
-	for {
+	for parts := 0; ; parts++ {
 		p, err := mr.NextPart()
 		if errors.Is(err, io.EOF) {
 			break
 		}
+		if err == nil && parts == maxParts {
+			err = fmt.Errorf("more than %d parts", maxParts)
+		}
 		if err != nil {
-			return upload{}, uploadReadFailed(c, err)
+			up.free()
+			bodyReadFailed(c, err, reasonMissingFile)
+			return upload{}, false
 		}
 		name := p.FormName()
 		switch {
-		case name == "file" && !up.hasFile:
-			if up.file, err = io.ReadAll(p); err != nil {
-				return upload{}, uploadReadFailed(c, err)
+		case name == "file" && up.file == nil:
+			if up.file, err = newPageBuffer(fileMax); err != nil {
+				unavailable(c, reasonServiceUnavailable, err)
+				return upload{}, false
 			}
-			up.hasFile = true
-		case name != "" && name != "file":
-			v, err := io.ReadAll(io.LimitReader(p, maxFieldBytes+1))
-			if err != nil {
-				return upload{}, uploadReadFailed(c, err)
+			if _, err = up.file.ReadFrom(p); errors.Is(err, errBufferFull) {
+				up.free()
+				fail(c, http.StatusRequestEntityTooLarge, reasonPayloadTooLarge)
+				return upload{}, false
 			}
-			if len(v) > maxFieldBytes {
+		case textFields[name]:
+			if _, seen := up.fields[name]; seen {
+				up.free()
+				fail(c, http.StatusBadRequest, reasonInvalidField(name)) // said twice: which one counts?
+				return upload{}, false
+			}
+			var v []byte
+			if v, err = io.ReadAll(io.LimitReader(p, maxFieldBytes+1)); err == nil && len(v) > maxFieldBytes {
+				up.free()
 				fail(c, http.StatusBadRequest, reasonInvalidField(name))
 				return upload{}, false
 			}
 			up.fields[name] = string(v)
 		default:
-			if _, err := io.Copy(io.Discard, p); err != nil {
-				return upload{}, uploadReadFailed(c, err)
-			}
+			_, err = io.Copy(io.Discard, p)
+		}
+		if err != nil {
+			up.free()
+			bodyReadFailed(c, err, reasonMissingFile)
+			return upload{}, false
 		}
 	}
+	bodyRead(c)
 	return up, true
 }
 
-func uploadReadFailed(c *gin.Context, err error) bool {
-	var tooBig *http.MaxBytesError
-	if errors.As(err, &tooBig) {
-		fail(c, http.StatusRequestEntityTooLarge, reasonPayloadTooLarge)
-	} else {
-		fail(c, http.StatusBadRequest, reasonMissingFile)
-	}
-	return false
-}
-
-// checkImage judges an upload by its bytes: format from the magic bytes, pixel count from the header
-// (before any decode), then a full decode.
-func checkImage(c *gin.Context, b []byte, maxPixels int64) (imageops.Info, bool) {
+// checkImage judges an upload by its bytes: format from the magic bytes, pixel count and structure from
+// the header (before any decode: a decode bomb is refused here), then a full decode, bounded in time and
+// in the memory that decodes may take at once, and stopped if the client goes away.
+func checkImage(c *gin.Context, g *gate, b []byte, l Limits) (imageops.Info, bool) {
 	if _, err := imageops.Sniff(b); err != nil {
 		fail(c, http.StatusUnsupportedMediaType, reasonUnsupportedFormat)
 		return imageops.Info{}, false
@@ -97,15 +119,43 @@ func checkImage(c *gin.Context, b []byte, maxPixels int64) (imageops.Info, bool)
 		fail(c, http.StatusUnprocessableEntity, reasonInvalidImage)
 		return imageops.Info{}, false
 	}
-	if info.Pixels() > maxPixels {
+	if info.Pixels() > l.MaxInputPixels {
 		fail(c, http.StatusUnprocessableEntity, reasonImageTooLarge)
 		return imageops.Info{}, false
 	}
-	if err := imageops.Validate(b); err != nil {
-		fail(c, http.StatusUnprocessableEntity, reasonInvalidImage)
+	ctx := c.Request.Context()
+	release, err := g.acquire(ctx, g.decodes, decodeBytes(info), g.decodeMax)
+	if err != nil {
+		busy(c, err)
 		return imageops.Info{}, false
 	}
-	return info, true
+	defer release()
+	vctx, cancel := context.WithTimeout(ctx, l.ValidateTimeout)
+	defer cancel()
+	err = validateImage(vctx, b)
+	switch {
+	case err == nil:
+		return info, true
+	case ctx.Err() != nil:
+		c.Abort() // the client went away: nobody reads an answer
+	case vctx.Err() != nil:
+		// Costs far more than its pixels justify (SPEC: invalid_image).
+		fail(c, http.StatusUnprocessableEntity, reasonInvalidImage)
+	default:
+		fail(c, http.StatusUnprocessableEntity, reasonInvalidImage)
+	}
+	return imageops.Info{}, false
+}
+
+// busy answers a request that could not get its share of the API's memory in time.
+func busy(c *gin.Context, err error) {
+	if c.Request.Context().Err() != nil {
+		c.Abort()
+		return
+	}
+	c.Set(ctxErr, err)
+	c.Header("Retry-After", "2")
+	fail(c, http.StatusServiceUnavailable, reasonServerBusy)
 }
 
 // editInfo reads the six optional text fields of an upload.
@@ -127,13 +177,30 @@ func editInfo(c *gin.Context, f map[string]string) (store.EditInfo, bool) {
 
 // handleUpload is POST /api/images (owner: the caller) and POST /admin/images (owner: ownerId, and an
 // optional collection).
-func handleUpload(d *Deps, admin bool) gin.HandlerFunc {
+func handleUpload(d *Deps, g *gate, admin bool) gin.HandlerFunc {
 	return func(c *gin.Context) {
 		ctx := c.Request.Context()
-		up, ok := readUpload(c, d.Limits.MaxUploadBytes)
+		// The body is held whole (libvips validates it from memory), so it is admitted against the
+		// upload memory at its declared length, or at the largest allowed when it has none.
+		size := c.Request.ContentLength
+		if size > d.Limits.MaxUploadBytes {
+			fail(c, http.StatusRequestEntityTooLarge, reasonPayloadTooLarge)
+			return
+		}
+		if size < 0 {
+			size = d.Limits.MaxUploadBytes
+		}
+		release, err := g.acquire(ctx, g.bodies, size, g.bodyMax)
+		if err != nil {
+			busy(c, err)
+			return
+		}
+		defer release()
+		up, ok := readUpload(c, d.Limits.MaxUploadBytes, size)
 		if !ok {
 			return
 		}
+		defer up.free()
 		var owner int64
 		collection := ""
 		if admin {
@@ -163,11 +230,12 @@ func handleUpload(d *Deps, admin bool) gin.HandlerFunc {
 		if !ok {
 			return
 		}
-		if !up.hasFile {
+		if up.file == nil {
 			fail(c, http.StatusBadRequest, reasonMissingFile)
 			return
 		}
-		probe, ok := checkImage(c, up.file, d.Limits.MaxInputPixels)
+		file := up.file.Bytes()
+		probe, ok := checkImage(c, g, file, d.Limits)
 		if !ok {
 			return
 		}
@@ -177,7 +245,7 @@ func handleUpload(d *Deps, admin bool) gin.HandlerFunc {
 			return
 		}
 		stored, err := d.Blobs.Put(ctx, store.BlobKey(id), func(w io.Writer) error {
-			_, err := w.Write(up.file)
+			_, err := w.Write(file)
 			return err
 		})
 		if err != nil {

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net/http"
 	"regexp"
-	"strconv"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -25,6 +24,7 @@ const (
 	ctxReason    = "reason"
 	ctxErr       = "error"
 	ctxOutcome   = "outcome"
+	ctxBodyRead  = "body_read"
 )
 
 func currentUser(c *gin.Context) store.User { return c.MustGet(ctxUser).(store.User) }
@@ -124,14 +124,15 @@ func accessLog(log *slog.Logger) gin.HandlerFunc {
 }
 
 // instrument records the duration of every request by route template (never the raw path: ids would
-// make the label unbounded), method, status code and platform, and the number in flight.
+// make the label unbounded), method, status code and platform, and the number in flight. Every label
+// value comes from a fixed set, whatever the client sends.
 func instrument(m *metrics.API) gin.HandlerFunc {
 	return func(c *gin.Context) {
 		start := time.Now()
 		m.HTTPInFlight.Inc()
 		defer m.HTTPInFlight.Dec()
 		c.Next()
-		route := c.FullPath()
+		route := c.FullPath() // a route template of addRoutes, or "" when none matched
 		if route == "" {
 			route = "unmatched"
 		}
@@ -142,8 +143,50 @@ func instrument(m *metrics.API) gin.HandlerFunc {
 		case !platforms[platform]:
 			platform = "invalid"
 		}
-		m.HTTPDuration.WithLabelValues(route, c.Request.Method, strconv.Itoa(c.Writer.Status()), platform).
+		m.HTTPDuration.WithLabelValues(route, metrics.Method(c.Request.Method), metrics.StatusCode(c.Writer.Status()), platform).
 			Observe(time.Since(start).Seconds())
+	}
+}
+
+// secureHeaders: no response may be sniffed into another type by a browser (image bytes included).
+func secureHeaders() gin.HandlerFunc {
+	return func(c *gin.Context) {
+		c.Header("X-Content-Type-Options", "nosniff")
+		c.Next()
+	}
+}
+
+// hasBody reports whether the request came with a body to read.
+func hasBody(r *http.Request) bool {
+	return r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0
+}
+
+// bodyDeadline gives a request body timeout to arrive, whole: a client that trickles its body is cut off
+// (408) instead of holding a connection and a buffer. The deadline is lifted once the body has been read,
+// because the server's watch for a client hang-up (which cancels the request's context) reads under the
+// same deadline, and an upsize may then wait far longer than timeout for its outcome.
+func bodyDeadline(timeout time.Duration) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		if hasBody(c.Request) {
+			_ = http.NewResponseController(c.Writer).SetReadDeadline(time.Now().Add(timeout))
+		}
+		c.Next()
+	}
+}
+
+// bodyRead marks the body as read whole and lifts its deadline.
+func bodyRead(c *gin.Context) {
+	c.Set(ctxBodyRead, true)
+	_ = http.NewResponseController(c.Writer).SetReadDeadline(time.Time{})
+}
+
+// dropUnreadBody is for answers given before the body was read (a wrong key, a bad header): the body is
+// not read at all. After a handler, net/http reads up to 256 KB of what is left to reuse the connection;
+// the connection is closed instead, at once, so an unauthenticated client cannot hold it by trickling.
+func dropUnreadBody(c *gin.Context) {
+	if hasBody(c.Request) && !c.GetBool(ctxBodyRead) {
+		c.Header("Connection", "close")
+		_ = http.NewResponseController(c.Writer).SetReadDeadline(time.Now())
 	}
 }
 

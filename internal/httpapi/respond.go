@@ -3,6 +3,7 @@ package httpapi
 import (
 	"fmt"
 	"net/http"
+	"unicode/utf8"
 
 	"github.com/gin-gonic/gin"
 
@@ -27,6 +28,7 @@ const (
 	reasonNoCreditCost       = "no_credit_cost_info_at_admin"
 	reasonImageTooLarge      = "image_too_large"
 	reasonQueueFull          = "queue_full"
+	reasonTooManyRequests    = "too_many_requests"
 	reasonNotEnoughCredit    = "not_enough_credit"
 	reasonQueueUnavailable   = "queue_unavailable"
 	reasonServiceUnavailable = "service_unavailable"
@@ -34,6 +36,9 @@ const (
 	reasonAlreadyFailed      = "request_already_failed"
 	reasonMissingFile        = "missing_file"
 	reasonPayloadTooLarge    = "payload_too_large"
+	reasonRequestTimeout     = "request_timeout"
+	reasonInvalidBody        = "invalid_body"
+	reasonServerBusy         = "server_busy"
 	reasonUnsupportedFormat  = "unsupported_image_format"
 	reasonInvalidImage       = "invalid_image"
 	reasonInvalidAdminToken  = "invalid_admin_token"
@@ -42,16 +47,72 @@ const (
 	reasonInternal           = "internal_error"
 )
 
-func reasonNoInputImage(id string) string { return fmt.Sprintf("no_input_image (%s)", id) }
+// reasonLabels are the values the reason label of the upsize metrics may take: every reason without its
+// id, "" for answers that are not errors; anything else is "other".
+var reasonLabels = map[string]bool{"": true, "no_input_image": true, "premium_collection": true, "unknown_model": true,
+	"no_request": true, "no_user": true, "invalid_field": true, "upsize_failed": true, "no_model_exception": true,
+	reasonNotLoggedIn:        true,
+	reasonWrongAPIKey:        true,
+	reasonAPIKeyExpired:      true,
+	reasonInvalidPlatform:    true,
+	reasonInvalidRequestID:   true,
+	reasonMissingRequestID:   true,
+	reasonUserCanceled:       true,
+	reasonRequestIDReused:    true,
+	reasonAlreadyUpscaled:    true,
+	reasonFailedBilling:      true,
+	reasonInvalidScaleSize:   true,
+	reasonFree4K:             true,
+	reasonNoModel:            true,
+	reasonNoCreditCost:       true,
+	reasonImageTooLarge:      true,
+	reasonQueueFull:          true,
+	reasonTooManyRequests:    true,
+	reasonNotEnoughCredit:    true,
+	reasonQueueUnavailable:   true,
+	reasonServiceUnavailable: true,
+	reasonAlreadyCompleted:   true,
+	reasonAlreadyFailed:      true,
+	reasonMissingFile:        true,
+	reasonPayloadTooLarge:    true,
+	reasonRequestTimeout:     true,
+	reasonInvalidBody:        true,
+	reasonServerBusy:         true,
+	reasonUnsupportedFormat:  true,
+	reasonInvalidImage:       true,
+	reasonInvalidAdminToken:  true,
+	reasonNotFound:           true,
+	reasonMethodNotAllowed:   true,
+	reasonInternal:           true,
+}
+
+func reasonNoInputImage(id string) string { return fmt.Sprintf("no_input_image (%s)", echo(id)) }
 func reasonPremium(id int64) string       { return fmt.Sprintf("premium_collection(%d)", id) }
-func reasonUnknownModel(m string) string  { return fmt.Sprintf("unknown_model (%s)", m) }
-func reasonNoRequest(rid string) string   { return fmt.Sprintf("no_request (%s)", rid) }
-func reasonNoUser(id string) string       { return fmt.Sprintf("no_user (%s)", id) }
-func reasonInvalidField(n string) string  { return fmt.Sprintf("invalid_field (%s)", n) }
+func reasonUnknownModel(m string) string  { return fmt.Sprintf("unknown_model (%s)", echo(m)) }
+func reasonNoRequest(rid string) string   { return fmt.Sprintf("no_request (%s)", echo(rid)) }
+func reasonNoUser(id string) string       { return fmt.Sprintf("no_user (%s)", echo(id)) }
+func reasonInvalidField(n string) string  { return fmt.Sprintf("invalid_field (%s)", echo(n)) }
+
+// maxEcho bounds what an error repeats of the client's input: every valid id (request ids are up to 128
+// characters) is echoed whole, a megabyte of path is not.
+const maxEcho = 128
+
+// echo cuts s to maxEcho bytes (on a character boundary) and marks the cut with "…".
+func echo(s string) string {
+	if len(s) <= maxEcho {
+		return s
+	}
+	cut := maxEcho
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
+}
 
 // fail answers the error envelope {"success": false, "code": status, "data": reason} and stops the chain.
 func fail(c *gin.Context, status int, reason string) {
 	c.Set(ctxReason, reason)
+	dropUnreadBody(c)
 	c.AbortWithStatusJSON(status, gin.H{"success": false, "code": status, "data": reason})
 }
 

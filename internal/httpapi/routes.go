@@ -4,8 +4,10 @@ package httpapi
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"time"
 
@@ -33,6 +35,14 @@ type Limits struct {
 	MaxOutputPixels int64
 	QueueMaxBacklog int64
 	WaitTimeout     time.Duration
+	// BodyTimeout: a request body must arrive whole within it (408 otherwise).
+	BodyTimeout time.Duration
+	// UploadMemory bounds the upload bodies held at once, ValidateMemory the estimated decode memory of
+	// the validations running at once; ValidateTimeout bounds one validation.
+	UploadMemory, ValidateMemory int64
+	ValidateTimeout              time.Duration
+	// GateWait is how long an upload may wait for its share of either memory (0: 5s) before 503.
+	GateWait time.Duration
 }
 
 // Deps is everything the handlers use.
@@ -60,25 +70,28 @@ func NewHandler(d *Deps) http.Handler {
 	r := gin.New()
 	r.HandleMethodNotAllowed = true
 	r.ContextWithFallback = true
-	r.Use(recovery(d.Log), accessLog(d.Log))
+	r.Use(recovery(d.Log), accessLog(d.Log), secureHeaders())
 	if d.Measure != nil {
 		r.Use(instrument(d.Measure))
 	}
+	r.Use(bodyDeadline(d.Limits.BodyTimeout))
 	addRoutes(r, d)
 	return r
 }
 
 func addRoutes(r *gin.Engine, d *Deps) {
+	g := newGate(d.Limits)
 	r.GET("/healthz", handleHealthz())
 	r.GET("/readyz", handleReadyz(d.Ready))
 	r.GET("/metrics", gin.WrapH(d.MetricsHandler))
 	r.GET("/openapi.json", handleOpenAPI())
 
 	api := r.Group("/api", requestID(), apiKeyAuth(d.Store))
-	api.POST("/images", handleUpload(d, false))
+	api.POST("/images", handleUpload(d, g, false))
 	api.POST("/images/cancel", handleCancel(d))
 	api.GET("/images/:id", handleGetImage(d.Store))
 	api.GET("/images/:id/file", handleGetFile(d.Store, d.Blobs))
+	api.HEAD("/images/:id/file", handleGetFile(d.Store, d.Blobs))
 	api.POST("/images/:id/upsize", handleUpsize(d))
 	api.GET("/requests/:requestId", handleGetRequest(d.Store, d.Registry))
 
@@ -87,9 +100,11 @@ func addRoutes(r *gin.Engine, d *Deps) {
 	admin.GET("/users/:id", handleGetUser(d.Store))
 	admin.PATCH("/users/:id", handlePatchUser(d.Store))
 	admin.POST("/users/:id/api-keys", handleCreateAPIKey(d.Store))
-	admin.POST("/images", handleUpload(d, true))
+	admin.POST("/images", handleUpload(d, g, true))
+	admin.GET("/models/upsize", handleGetModel(d.Store))
 	admin.PUT("/models/upsize", handleSetModel(d.Store))
 	admin.DELETE("/models/upsize", handleDelete(d.Store.DeleteModel))
+	admin.GET("/credit-costs/upsize", handleGetCosts(d.Store))
 	admin.PUT("/credit-costs/upsize", handleSetCosts(d.Store))
 	admin.DELETE("/credit-costs/upsize", handleDelete(d.Store.DeleteCosts))
 
@@ -97,12 +112,30 @@ func addRoutes(r *gin.Engine, d *Deps) {
 	r.NoMethod(func(c *gin.Context) { fail(c, http.StatusMethodNotAllowed, reasonMethodNotAllowed) })
 }
 
-// readBody reads a small body; over max bytes it answers 413.
+// readBody reads a small body; over max bytes it answers 413, and a body that does not arrive within
+// BodyTimeout 408.
 func readBody(c *gin.Context, max int64) ([]byte, bool) {
 	b, err := io.ReadAll(http.MaxBytesReader(c.Writer, c.Request.Body, max))
 	if err != nil {
-		fail(c, http.StatusRequestEntityTooLarge, reasonPayloadTooLarge)
+		bodyReadFailed(c, err, reasonInvalidBody)
 		return nil, false
 	}
+	bodyRead(c)
 	return b, true
+}
+
+// bodyReadFailed answers a body that could not be read: too large (413), too slow (408), or cut or
+// malformed (400 with reason).
+func bodyReadFailed(c *gin.Context, err error, reason string) {
+	var tooBig *http.MaxBytesError
+	var netErr net.Error
+	switch {
+	case errors.As(err, &tooBig):
+		fail(c, http.StatusRequestEntityTooLarge, reasonPayloadTooLarge)
+	case errors.As(err, &netErr) && netErr.Timeout():
+		c.Header("Connection", "close")
+		fail(c, http.StatusRequestTimeout, reasonRequestTimeout)
+	default:
+		fail(c, http.StatusBadRequest, reason)
+	}
 }

@@ -1,7 +1,6 @@
 package httpapi
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -23,14 +22,10 @@ const maxUpsizeBody = 4 << 10
 var platforms = map[string]bool{"web": true, "app": true, "figma": true, "api": true}
 
 // parseScale reads the optional body: nothing, {}, or a null scaleSize mean 2x. Anything but one JSON
-// object (with nothing after it) whose scaleSize is "2x", "4x" or "8x" is not a scale.
+// object (with nothing after it, no key twice) whose scaleSize is "2x", "4x" or "8x" is not a scale.
 func parseScale(body []byte) (string, bool) {
-	body = bytes.TrimSpace(body)
-	if len(body) == 0 {
-		return "2x", true
-	}
-	var m map[string]json.RawMessage
-	if body[0] != '{' || json.Unmarshal(body, &m) != nil {
+	m, err := decodeObject(body)
+	if err != nil {
 		return "", false
 	}
 	raw, ok := m["scaleSize"]
@@ -136,12 +131,26 @@ func handleUpsize(d *Deps) gin.HandlerFunc {
 			fail(c, http.StatusUnprocessableEntity, reasonNoCreditCost)
 			return
 		}
-		// Rule 12, from the stored header sizes: nothing is decoded here.
-		if src.Pixels() > d.Limits.MaxInputPixels || src.Pixels()*int64(factor*factor) > d.Limits.MaxOutputPixels {
+		// Rule 12, from the stored header sizes: nothing is decoded here. A result side over what its
+		// format can hold would only fail in the worker.
+		if src.Pixels() > d.Limits.MaxInputPixels || src.Pixels()*int64(factor*factor) > d.Limits.MaxOutputPixels ||
+			max(src.Width, src.Height)*factor > imageops.Format(src.Format).MaxSide() {
 			fail(c, http.StatusUnprocessableEntity, reasonImageTooLarge)
 			return
 		}
-		// Rule 13.
+		// Rule 13: the caller's own open requests, then the queue as a whole. Admit checks the first
+		// again atomically.
+		if maxOpen := d.Registry.MaxOpen(); maxOpen > 0 {
+			open, err := d.Registry.OpenCount(ctx, u.ID)
+			if err != nil {
+				unavailable(c, reasonQueueUnavailable, err)
+				return
+			}
+			if open >= maxOpen {
+				tooMany(c, d, open, maxOpen)
+				return
+			}
+		}
 		backlog, err := d.Queue.Backlog(ctx)
 		if err != nil {
 			unavailable(c, reasonQueueUnavailable, err)
@@ -165,6 +174,9 @@ func handleUpsize(d *Deps) gin.HandlerFunc {
 			return
 		case res.Exists:
 			answerKnown(c, d, res.Request, ask, began)
+			return
+		case res.TooMany:
+			tooMany(c, d, d.Registry.MaxOpen(), d.Registry.MaxOpen())
 			return
 		case res.NoCredit:
 			fail(c, http.StatusPaymentRequired, reasonNotEnoughCredit)
@@ -190,6 +202,12 @@ func handleUpsize(d *Deps) gin.HandlerFunc {
 		}
 		await(c, d, u.ID, rid, wake, began)
 	}
+}
+
+// tooMany is rule 13 for one user: come back when about one of the user's requests will have finished.
+func tooMany(c *gin.Context, d *Deps, open, maxOpen int64) {
+	c.Header("Retry-After", strconv.Itoa(d.Queue.RetryAfter(c.Request.Context(), open, maxOpen-1)))
+	fail(c, http.StatusTooManyRequests, reasonTooManyRequests)
 }
 
 // asked is what an upsize asks for, as far as it could be parsed.
@@ -298,5 +316,5 @@ func countUpsize(c *gin.Context, m *metrics.API, scale string) {
 			outcome = "rejected"
 		}
 	}
-	m.Outcomes.WithLabelValues(outcome, metrics.Reason(c.GetString(ctxReason)), scale).Inc()
+	m.Outcomes.WithLabelValues(outcome, metrics.Known(metrics.Reason(c.GetString(ctxReason)), reasonLabels), scale).Inc()
 }

@@ -33,6 +33,18 @@ const (
 // ContentType is the media type of the format.
 func (f Format) ContentType() string { return "image/" + string(f) }
 
+// MaxSide is the longest side the format can hold: JPEG's headers allow 65,535 but libjpeg writes at most
+// 65,500; WebP's VP8 headers hold 14 bits. PNG's limit is libvips' own (VIPS_MAX_COORD).
+func (f Format) MaxSide() int {
+	switch f {
+	case JPEG:
+		return 65500
+	case WebP:
+		return 16383
+	}
+	return 10_000_000
+}
+
 var (
 	// ErrUnsupportedFormat: the bytes are not JPEG, PNG or WebP.
 	ErrUnsupportedFormat = errors.New("imageops: unsupported image format")

@@ -101,7 +101,17 @@ func (p *Processor) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	rep.Request = req
 	switch {
 	case errors.Is(err, cancel.ErrNotFound):
-		rep.Outcome, rep.Reason = "skipped", "request expired"
+		// The task outlived its request's state (lost by Redis): nothing can run, but the credits it
+		// held are refunded and the request is recorded as failed, never dropped silently.
+		refunded, exists, err := p.Registry.Lost(ctx, pl.UserID, pl.RequestID, 500, "upsize_failed")
+		if err == nil && exists {
+			err = errors.New("jobs: the request reappeared while settling it as lost")
+		}
+		if err != nil {
+			rep.Outcome, rep.Reason = "retry", err.Error()
+			return err
+		}
+		rep.Outcome, rep.Reason = "failed", fmt.Sprintf("request state lost; refunded %d", refunded)
 		return nil
 	case err != nil:
 		rep.Outcome, rep.Reason = "retry", err.Error()

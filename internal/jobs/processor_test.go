@@ -215,3 +215,35 @@ func TestSweeperEnqueuesWhatADeadAPILeftBehind(t *testing.T) {
 		t.Fatalf("credits %d, want 3 (two completed)", c)
 	}
 }
+
+// A task whose request's state was lost (Redis lost the hash while the task survived) is not skipped with
+// its credits kept: the reservation is refunded and the request reads as failed.
+func TestTaskOfALostRequestRefunds(t *testing.T) {
+	e := testenv.New(t, testenv.Options{NoWorker: true, WaitTimeout: 50 * time.Millisecond})
+	e.Configure()
+	u := e.NewUser("paid", 5)
+	id := e.UploadOK(u.Key, testenv.PNG(testenv.Gradient(16, 16)))
+	ctx := context.Background()
+	e.Want(e.Upsize(ctx, u.Key, id, "4x", "forgotten"), 202, "")
+	if c := e.Credits(u.ID); c != 3 {
+		t.Fatalf("credits %d after reserving 2", c)
+	}
+	if err := e.RDB.Del(ctx, store.DefaultKeys.Request(u.ID, "forgotten")).Err(); err != nil {
+		t.Fatal(err)
+	}
+	e.StartWorker()
+	deadline := time.Now().Add(10 * time.Second)
+	for e.Credits(u.ID) != 5 {
+		if time.Now().After(deadline) {
+			t.Fatalf("credits %d: the lost request's reservation was kept", e.Credits(u.ID))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	r := e.RequestState(u.Key, "forgotten")
+	if r.Status != 200 || r.JSON()["state"] != "failed" {
+		t.Fatalf("lost request reads %s", r)
+	}
+	if n, _ := e.Registry.OpenCount(ctx, u.ID); n != 0 {
+		t.Fatalf("%d open requests left", n)
+	}
+}

@@ -34,3 +34,11 @@ func (k Keys) Cancels() string { return k.Prefix + "cancels" }
 
 // BlobKey is where the bytes of an image live in the blob store.
 func BlobKey(imageID int64) string { return "img-" + strconv.FormatInt(imageID, 10) }
+
+// Open is a hash of the user's queued or running requests (request id → reserved cost).
+func (k Keys) Open(userID int64) string { return k.Prefix + "open:" + strconv.FormatInt(userID, 10) }
+
+// Tombstones is a sorted set of the user's cancel tombstones (request id → time), to bound them.
+func (k Keys) Tombstones(userID int64) string {
+	return k.Prefix + "tombs:" + strconv.FormatInt(userID, 10)
+}

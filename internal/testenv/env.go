@@ -28,17 +28,24 @@ import (
 
 // Options shape an environment; zero values take the SPEC's defaults.
 type Options struct {
-	WaitTimeout     time.Duration
-	QueueMaxBacklog int64
-	MaxInputPixels  int64
-	MaxOutputPixels int64
-	NoWorker        bool // start no worker (tasks stay queued until StartWorker)
-	Concurrency     int
-	Upsize          jobs.UpsizeFunc // the worker's image operation (default imageops.Upsize)
-	RequestTTL      time.Duration
-	Observe         func(jobs.TaskReport) // sees every run of every task
-	PollInterval    time.Duration         // asynq TaskCheckInterval (default 2ms)
-	LogTo           io.Writer             // where the service's JSON logs go (default: see Logger)
+	WaitTimeout      time.Duration
+	QueueMaxBacklog  int64
+	MaxInputPixels   int64
+	MaxOutputPixels  int64
+	NoWorker         bool // start no worker (tasks stay queued until StartWorker)
+	Concurrency      int
+	Upsize           jobs.UpsizeFunc // the worker's image operation (default imageops.Upsize)
+	RequestTTL       time.Duration
+	MaxQueuedPerUser int64                 // 0: no limit
+	MaxTombstones    int64                 // 0: the registry's default
+	Observe          func(jobs.TaskReport) // sees every run of every task
+	PollInterval     time.Duration         // asynq TaskCheckInterval (default 2ms)
+	LogTo            io.Writer             // where the service's JSON logs go (default: see Logger)
+	BodyTimeout      time.Duration         // default 60s
+	UploadMemory     int64                 // default 128 MiB
+	ValidateMemory   int64                 // default 512 MiB
+	ValidateTimeout  time.Duration         // default 30s
+	GateWait         time.Duration         // default 5s
 }
 
 // Env is a whole service in one process on a Redis database of its own.
@@ -95,6 +102,18 @@ func New(t testing.TB, o Options) *Env {
 	if o.PollInterval == 0 {
 		o.PollInterval = 2 * time.Millisecond
 	}
+	if o.BodyTimeout == 0 {
+		o.BodyTimeout = 60 * time.Second
+	}
+	if o.UploadMemory == 0 {
+		o.UploadMemory = 128 << 20
+	}
+	if o.ValidateMemory == 0 {
+		o.ValidateMemory = 512 << 20
+	}
+	if o.ValidateTimeout == 0 {
+		o.ValidateTimeout = 30 * time.Second
+	}
 	if o.RequestTTL == 0 {
 		o.RequestTTL = time.Hour
 	}
@@ -110,7 +129,7 @@ func New(t testing.TB, o Options) *Env {
 	if o.LogTo != nil {
 		e.Log = obs.NewLogger(o.LogTo, "debug", "test")
 	}
-	e.Registry = cancel.NewRegistry(rdb, store.DefaultKeys, o.RequestTTL)
+	e.Registry = cancel.NewRegistry(rdb, store.DefaultKeys, cancel.Settings{TTL: o.RequestTTL, MaxOpen: o.MaxQueuedPerUser, MaxTombstones: o.MaxTombstones})
 	e.Hub = cancel.NewHub(rdb, e.Registry)
 	ctx, stop := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -124,6 +143,8 @@ func New(t testing.TB, o Options) *Env {
 		Limits: httpapi.Limits{
 			MaxUploadBytes: 32 << 20, MaxInputPixels: o.MaxInputPixels, MaxOutputPixels: o.MaxOutputPixels,
 			QueueMaxBacklog: o.QueueMaxBacklog, WaitTimeout: o.WaitTimeout,
+			BodyTimeout: o.BodyTimeout, UploadMemory: o.UploadMemory, ValidateMemory: o.ValidateMemory,
+			ValidateTimeout: o.ValidateTimeout, GateWait: o.GateWait,
 		},
 		AdminToken:     e.AdminToken,
 		Ready:          func(ctx context.Context) error { return rdb.Ping(ctx).Err() },
