@@ -224,7 +224,7 @@ func TestUploadPartsAreJudgedByName(t *testing.T) {
 	}
 	b.WriteString("--b--\r\n")
 	r = e.Do(testenv.Req{Method: "POST", Path: "/api/images", Key: u.Key, Body: []byte(b.String()), ContentType: "multipart/form-data; boundary=b"})
-	e.Want(r, 400, "missing_file")
+	e.Want(r, 400, "invalid_body")
 }
 
 // 10. HEAD and Range work on files, every answer says nosniff, and errors echo at most 128 bytes of

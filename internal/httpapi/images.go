@@ -44,66 +44,82 @@ func (u upload) free() {
 	}
 }
 
-// readUpload parses the multipart body, bounded by MAX_UPLOAD_BYTES as a whole. Its caller holds
-// fileMax bytes of the upload memory, which is what the file may take.
-func readUpload(c *gin.Context, maxBytes, fileMax int64) (upload, bool) {
-	c.Request.Body = http.MaxBytesReader(c.Writer, c.Request.Body, maxBytes)
-	up := upload{fields: map[string]string{}}
-	mt, params, err := mime.ParseMediaType(c.GetHeader("Content-Type"))
+// Why an upload body could not be parsed; uploadFailed turns each into its answer.
+var (
+	errNotMultipart = errors.New("not a multipart/form-data body")
+	errTooManyParts = fmt.Errorf("more than %d parts", maxParts)
+)
+
+// fieldError: a text field given twice, or too long.
+type fieldError struct{ name string }
+
+func (e fieldError) Error() string { return "bad field " + e.name }
+
+// parseUpload reads a multipart/form-data body: the first part named "file" goes into a pageBuffer of
+// fileMax bytes, the known text fields into fields (each at most maxFieldBytes, each once), and parts
+// under other names are skipped unread. It is pure parsing: the caller bounds the body's size and time.
+func parseUpload(body io.Reader, contentType string, fileMax int64) (up upload, err error) {
+	mt, params, err := mime.ParseMediaType(contentType)
 	if err != nil || mt != "multipart/form-data" || params["boundary"] == "" {
-		fail(c, http.StatusBadRequest, reasonMissingFile)
-		return upload{}, false
+		return upload{}, errNotMultipart
 	}
-	mr := multipart.NewReader(c.Request.Body, params["boundary"])
+	up.fields = map[string]string{}
+	defer func() {
+		if err != nil {
+			up.free()
+			up = upload{}
+		}
+	}()
+	mr := multipart.NewReader(body, params["boundary"])
 	for parts := 0; ; parts++ {
 		p, err := mr.NextPart()
 		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err == nil && parts == maxParts {
-			err = fmt.Errorf("more than %d parts", maxParts)
+			return up, nil
 		}
 		if err != nil {
-			up.free()
-			bodyReadFailed(c, err, reasonMissingFile)
-			return upload{}, false
+			return up, err
+		}
+		if parts == maxParts {
+			return up, errTooManyParts
 		}
 		name := p.FormName()
 		switch {
 		case name == "file" && up.file == nil:
 			if up.file, err = newPageBuffer(fileMax); err != nil {
-				unavailable(c, reasonServiceUnavailable, err)
-				return upload{}, false
+				return up, err
 			}
-			if _, err = up.file.ReadFrom(p); errors.Is(err, errBufferFull) {
-				up.free()
-				fail(c, http.StatusRequestEntityTooLarge, reasonPayloadTooLarge)
-				return upload{}, false
-			}
+			_, err = up.file.ReadFrom(p)
 		case textFields[name]:
 			if _, seen := up.fields[name]; seen {
-				up.free()
-				fail(c, http.StatusBadRequest, reasonInvalidField(name)) // said twice: which one counts?
-				return upload{}, false
+				return up, fieldError{name} // said twice: which one would count?
 			}
 			var v []byte
 			if v, err = io.ReadAll(io.LimitReader(p, maxFieldBytes+1)); err == nil && len(v) > maxFieldBytes {
-				up.free()
-				fail(c, http.StatusBadRequest, reasonInvalidField(name))
-				return upload{}, false
+				return up, fieldError{name}
 			}
 			up.fields[name] = string(v)
 		default:
 			_, err = io.Copy(io.Discard, p)
 		}
 		if err != nil {
-			up.free()
-			bodyReadFailed(c, err, reasonMissingFile)
-			return upload{}, false
+			return up, err
 		}
 	}
-	bodyRead(c)
-	return up, true
+}
+
+// uploadFailed answers an upload body that parseUpload refused or could not read.
+func uploadFailed(c *gin.Context, err error) {
+	var fe fieldError
+	switch {
+	case errors.As(err, &fe):
+		fail(c, http.StatusBadRequest, reasonInvalidField(fe.name))
+	case errors.Is(err, errBufferFull):
+		fail(c, http.StatusRequestEntityTooLarge, reasonPayloadTooLarge)
+	case errors.Is(err, errTooManyParts):
+		fail(c, http.StatusBadRequest, reasonInvalidBody)
+	default:
+		bodyReadFailed(c, err, reasonMissingFile)
+	}
 }
 
 // checkImage judges an upload by its bytes: format from the magic bytes, pixel count and structure from
@@ -196,11 +212,14 @@ func handleUpload(d *Deps, g *gate, admin bool) gin.HandlerFunc {
 			return
 		}
 		defer release()
-		up, ok := readUpload(c, d.Limits.MaxUploadBytes, size)
-		if !ok {
+		body := http.MaxBytesReader(c.Writer, c.Request.Body, d.Limits.MaxUploadBytes)
+		up, err := parseUpload(body, c.GetHeader("Content-Type"), size)
+		if err != nil {
+			uploadFailed(c, err)
 			return
 		}
 		defer up.free()
+		bodyRead(c)
 		var owner int64
 		collection := ""
 		if admin {

@@ -3,6 +3,7 @@ package httpapi
 import (
 	"fmt"
 	"net/http"
+	"strings"
 	"unicode/utf8"
 
 	"github.com/gin-gonic/gin"
@@ -97,8 +98,10 @@ func reasonInvalidField(n string) string  { return fmt.Sprintf("invalid_field (%
 // characters) is echoed whole, a megabyte of path is not.
 const maxEcho = 128
 
-// echo cuts s to maxEcho bytes (on a character boundary) and marks the cut with "…".
+// echo cuts s to maxEcho bytes (on a character boundary) and marks the cut with "…". Bytes that are not
+// UTF-8 become "?", so the JSON encoder does not grow them.
 func echo(s string) string {
+	s = strings.ToValidUTF8(s, "?")
 	if len(s) <= maxEcho {
 		return s
 	}
