@@ -20,10 +20,12 @@ import (
 	"upsize/internal/cancel"
 	"upsize/internal/config"
 	"upsize/internal/imageops"
+	"upsize/internal/janitor"
 	"upsize/internal/jobs"
 	"upsize/internal/metrics"
 	"upsize/internal/obs"
 	"upsize/internal/redisconn"
+	"upsize/internal/store"
 )
 
 func main() {
@@ -59,6 +61,15 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.
 		Encoding: imageops.DefaultEncoding, MaxInputPixels: cfg.MaxInputPixels, MaxOutputPixels: cfg.MaxOutputPixels,
 		Log: log, Metrics: metrics.NewWorker(promReg, rdb, cfg.WorkerConcurrency),
 	}
+	// Stale partial writes and bytes without a record (crashes between the two) are removed by one
+	// janitor at a time across the workers.
+	jan, err := janitor.New(rdb, store.DefaultKeys, base.Blobs,
+		janitor.Config{Interval: cfg.JanitorInterval, Grace: cfg.JanitorGrace}, log, metrics.NewJanitor(promReg))
+	if err != nil {
+		return err
+	}
+	go jan.Run(listenCtx)
+
 	mux := asynq.NewServeMux()
 	mux.Handle(jobs.TypeUpsize, proc)
 	srv := asynq.NewServerFromRedisClient(rdb, asynq.Config{

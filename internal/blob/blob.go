@@ -50,16 +50,14 @@ type FS struct {
 	Dir string
 }
 
-// NewFS creates dir if needed and removes temporary files left by a crash more than an hour ago.
+// tmpDir holds writes in progress (and what a crash left of them), beside the object directories so that
+// the rename that commits a write stays within one filesystem.
+const tmpDir = ".tmp"
+
+// NewFS creates dir if needed. Temporary files left by a crash are the janitor's (package janitor).
 func NewFS(dir string) (*FS, error) {
-	if err := os.MkdirAll(filepath.Join(dir, ".tmp"), 0o750); err != nil {
+	if err := os.MkdirAll(filepath.Join(dir, tmpDir), 0o750); err != nil {
 		return nil, fmt.Errorf("blob: %w", err)
-	}
-	entries, _ := os.ReadDir(filepath.Join(dir, ".tmp"))
-	for _, e := range entries {
-		if fi, err := e.Info(); err == nil && time.Since(fi.ModTime()) > time.Hour {
-			os.Remove(filepath.Join(dir, ".tmp", e.Name()))
-		}
 	}
 	return &FS{Dir: dir}, nil
 }
@@ -81,7 +79,7 @@ func (s *FS) Put(ctx context.Context, key string, write func(io.Writer) error) (
 	if err := os.MkdirAll(filepath.Dir(final), 0o750); err != nil {
 		return Info{}, fmt.Errorf("blob: %w", err)
 	}
-	f, err := os.CreateTemp(filepath.Join(s.Dir, ".tmp"), key+".*")
+	f, err := os.CreateTemp(filepath.Join(s.Dir, tmpDir), key+".*")
 	if err != nil {
 		return Info{}, fmt.Errorf("blob: %w", err)
 	}

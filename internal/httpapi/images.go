@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"mime"
 	"mime/multipart"
 	"net/http"
@@ -125,7 +126,7 @@ func uploadFailed(c *gin.Context, err error) {
 // checkImage judges an upload by its bytes: format from the magic bytes, pixel count and structure from
 // the header (before any decode: a decode bomb is refused here), then a full decode, bounded in time and
 // in the memory that decodes may take at once, and stopped if the client goes away.
-func checkImage(c *gin.Context, g *gate, b []byte, l Limits) (imageops.Info, bool) {
+func checkImage(c *gin.Context, g *gate, b []byte, l Limits, log *slog.Logger) (imageops.Info, bool) {
 	if _, err := imageops.Sniff(b); err != nil {
 		fail(c, http.StatusUnsupportedMediaType, reasonUnsupportedFormat)
 		return imageops.Info{}, false
@@ -140,7 +141,7 @@ func checkImage(c *gin.Context, g *gate, b []byte, l Limits) (imageops.Info, boo
 		return imageops.Info{}, false
 	}
 	ctx := c.Request.Context()
-	release, err := g.acquire(ctx, g.decodes, decodeBytes(info), g.decodeMax)
+	release, err := g.acquire(ctx, g.decodes, info.DecodeBytes, g.decodeMax)
 	if err != nil {
 		busy(c, err)
 		return imageops.Info{}, false
@@ -148,7 +149,7 @@ func checkImage(c *gin.Context, g *gate, b []byte, l Limits) (imageops.Info, boo
 	defer release()
 	vctx, cancel := context.WithTimeout(ctx, l.ValidateTimeout)
 	defer cancel()
-	err = validateImage(vctx, b)
+	err = imageops.Validate(vctx, b, log)
 	switch {
 	case err == nil:
 		return info, true
@@ -254,7 +255,7 @@ func handleUpload(d *Deps, g *gate, admin bool) gin.HandlerFunc {
 			return
 		}
 		file := up.file.Bytes()
-		probe, ok := checkImage(c, g, file, d.Limits)
+		probe, ok := checkImage(c, g, file, d.Limits, d.Log.With("user_id", currentUserID(c)))
 		if !ok {
 			return
 		}

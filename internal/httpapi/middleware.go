@@ -29,6 +29,14 @@ const (
 
 func currentUser(c *gin.Context) store.User { return c.MustGet(ctxUser).(store.User) }
 
+// currentUserID is the caller's user id, or 0 on admin routes.
+func currentUserID(c *gin.Context) int64 {
+	if u, ok := c.Get(ctxUser); ok {
+		return u.(store.User).ID
+	}
+	return 0
+}
+
 // requestIDPattern is SPEC's request id: 1-128 characters of A-Z a-z 0-9 . _ : -
 var requestIDPattern = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,128}$`)
 
