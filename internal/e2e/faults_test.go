@@ -31,6 +31,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"upsize/internal/jobs"
+	"upsize/internal/policy"
 	"upsize/internal/testenv"
 )
 
@@ -136,7 +137,7 @@ type faultReq struct {
 
 func (r *faultReq) cost() int { return map[string]int{"2x": 1, "4x": 2, "8x": 4}[r.scale] }
 
-func (r *faultReq) factor() int { f, _ := jobs.ScaleFactor(r.scale); return f }
+func (r *faultReq) factor() int { f, _ := policy.ScaleFactor(r.scale); return f }
 
 // plan draws n requests, spread over the users, their images and scales; cancelShare of them get a
 // cancel between 200 ms before and 4 s after the upsize (before it: a tombstone, so the upsize answers

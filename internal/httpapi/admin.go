@@ -13,6 +13,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 
+	"upsize/internal/errcode"
 	"upsize/internal/store"
 )
 
@@ -30,10 +31,10 @@ func jsonFields(c *gin.Context, allowed ...string) (map[string]json.RawMessage, 
 	var dup duplicateKeyError
 	switch {
 	case errors.As(err, &dup):
-		fail(c, http.StatusBadRequest, reasonInvalidField(dup.key))
+		fail(c, errcode.InvalidField.With(dup.key))
 		return nil, false
 	case err != nil:
-		fail(c, http.StatusBadRequest, reasonInvalidField("body"))
+		fail(c, errcode.InvalidField.With("body"))
 		return nil, false
 	}
 	names := make([]string, 0, len(m))
@@ -44,7 +45,7 @@ func jsonFields(c *gin.Context, allowed ...string) (map[string]json.RawMessage, 
 	}
 	if len(names) > 0 {
 		sort.Strings(names)
-		fail(c, http.StatusBadRequest, reasonInvalidField(names[0]))
+		fail(c, errcode.InvalidField.With(names[0]))
 		return nil, false
 	}
 	return m, true
@@ -82,7 +83,7 @@ func userPatch(c *gin.Context, m map[string]json.RawMessage) (store.UserPatch, b
 	if raw, ok := m["plan"]; ok {
 		v, ok := oneOf(raw, store.PlanFree, store.PlanPaid)
 		if !ok {
-			fail(c, http.StatusBadRequest, reasonInvalidField("plan"))
+			fail(c, errcode.InvalidField.With("plan"))
 			return p, false
 		}
 		p.Plan = &v
@@ -90,7 +91,7 @@ func userPatch(c *gin.Context, m map[string]json.RawMessage) (store.UserPatch, b
 	if raw, ok := m["premium"]; ok {
 		var v bool
 		if json.Unmarshal(raw, &v) != nil || string(raw) == "null" {
-			fail(c, http.StatusBadRequest, reasonInvalidField("premium"))
+			fail(c, errcode.InvalidField.With("premium"))
 			return p, false
 		}
 		p.Premium = &v
@@ -98,7 +99,7 @@ func userPatch(c *gin.Context, m map[string]json.RawMessage) (store.UserPatch, b
 	if raw, ok := m["billing"]; ok {
 		v, ok := oneOf(raw, store.BillingOK, store.BillingFailed)
 		if !ok {
-			fail(c, http.StatusBadRequest, reasonInvalidField("billing"))
+			fail(c, errcode.InvalidField.With("billing"))
 			return p, false
 		}
 		p.Billing = &v
@@ -106,7 +107,7 @@ func userPatch(c *gin.Context, m map[string]json.RawMessage) (store.UserPatch, b
 	if raw, ok := m["credits"]; ok {
 		v, ok := creditAmount(raw)
 		if !ok {
-			fail(c, http.StatusBadRequest, reasonInvalidField("credits"))
+			fail(c, errcode.InvalidField.With("credits"))
 			return p, false
 		}
 		p.Credits = &v
@@ -126,7 +127,7 @@ func handleCreateUser(s *store.Store) gin.HandlerFunc {
 		}
 		u, err := s.CreateUser(c.Request.Context(), p)
 		if err != nil {
-			unavailable(c, reasonServiceUnavailable, err)
+			unavailable(c, errcode.ServiceUnavailable, err)
 			return
 		}
 		c.JSON(http.StatusCreated, gin.H{"user": u})
@@ -138,7 +139,7 @@ func pathUser(c *gin.Context) (int64, bool) {
 	raw := c.Param("id")
 	id, ok := parseID(raw)
 	if !ok {
-		fail(c, http.StatusNotFound, reasonNoUser(raw))
+		fail(c, errcode.NoUser.With(raw))
 	}
 	return id, ok
 }
@@ -147,9 +148,9 @@ func pathUser(c *gin.Context) (int64, bool) {
 func userResult(c *gin.Context, u store.User, err error, status int) {
 	switch {
 	case errors.Is(err, store.ErrNotFound):
-		fail(c, http.StatusNotFound, reasonNoUser(c.Param("id")))
+		fail(c, errcode.NoUser.With(c.Param("id")))
 	case err != nil:
-		unavailable(c, reasonServiceUnavailable, err)
+		unavailable(c, errcode.ServiceUnavailable, err)
 	default:
 		c.JSON(status, gin.H{"user": u})
 	}
@@ -201,17 +202,17 @@ func handleCreateAPIKey(s *store.Store) gin.HandlerFunc {
 				t, err = time.Parse(time.RFC3339, v)
 			}
 			if err != nil {
-				fail(c, http.StatusBadRequest, reasonInvalidField("expiresAt"))
+				fail(c, errcode.InvalidField.With("expiresAt"))
 				return
 			}
 			exp = &t
 		}
 		k, err := s.CreateAPIKey(c.Request.Context(), id, exp)
 		if errors.Is(err, store.ErrNotFound) {
-			fail(c, http.StatusNotFound, reasonNoUser(c.Param("id")))
+			fail(c, errcode.NoUser.With(c.Param("id")))
 			return
 		} else if err != nil {
-			unavailable(c, reasonServiceUnavailable, err)
+			unavailable(c, errcode.ServiceUnavailable, err)
 			return
 		}
 		body := gin.H{"apiKey": k.Key, "userId": k.UserID, "expiresAt": nil}
@@ -230,12 +231,12 @@ func handleSetModel(s *store.Store) gin.HandlerFunc {
 		}
 		var model string
 		if json.Unmarshal(m["model"], &model) != nil || model == "" || len(model) > 64 {
-			fail(c, http.StatusBadRequest, reasonInvalidField("model"))
+			fail(c, errcode.InvalidField.With("model"))
 			return
 		}
 		// Any name is accepted: rule 10 decides at upsize time whether the workers know it.
 		if err := s.SetModel(c.Request.Context(), model); err != nil {
-			unavailable(c, reasonServiceUnavailable, err)
+			unavailable(c, errcode.ServiceUnavailable, err)
 			return
 		}
 		c.JSON(http.StatusOK, gin.H{"model": model})
@@ -246,7 +247,7 @@ func handleSetModel(s *store.Store) gin.HandlerFunc {
 func handleDelete(del func(context.Context) error) gin.HandlerFunc {
 	return func(c *gin.Context) {
 		if err := del(c.Request.Context()); err != nil {
-			unavailable(c, reasonServiceUnavailable, err)
+			unavailable(c, errcode.ServiceUnavailable, err)
 			return
 		}
 		c.Status(http.StatusNoContent)
@@ -269,13 +270,13 @@ func handleSetCosts(s *store.Store) gin.HandlerFunc {
 		for _, k := range names {
 			n, ok := creditAmount(m[k])
 			if !ok {
-				fail(c, http.StatusBadRequest, reasonInvalidField(k))
+				fail(c, errcode.InvalidField.With(k))
 				return
 			}
 			costs[k] = n
 		}
 		if err := s.SetCosts(c.Request.Context(), costs); err != nil {
-			unavailable(c, reasonServiceUnavailable, err)
+			unavailable(c, errcode.ServiceUnavailable, err)
 			return
 		}
 		c.JSON(http.StatusOK, gin.H{"costs": costs})
@@ -287,7 +288,7 @@ func handleGetModel(s *store.Store) gin.HandlerFunc {
 	return func(c *gin.Context) {
 		st, err := s.GetSettings(c.Request.Context())
 		if err != nil {
-			unavailable(c, reasonServiceUnavailable, err)
+			unavailable(c, errcode.ServiceUnavailable, err)
 			return
 		}
 		var model *string
@@ -303,7 +304,7 @@ func handleGetCosts(s *store.Store) gin.HandlerFunc {
 	return func(c *gin.Context) {
 		st, err := s.GetSettings(c.Request.Context())
 		if err != nil {
-			unavailable(c, reasonServiceUnavailable, err)
+			unavailable(c, errcode.ServiceUnavailable, err)
 			return
 		}
 		c.JSON(http.StatusOK, st.Costs)

@@ -9,9 +9,10 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
-	"unicode/utf8"
 
 	"github.com/gin-gonic/gin"
+
+	"upsize/internal/errcode"
 )
 
 // Fuzz targets for every parser of client bytes in the HTTP layer. The committed corpora under
@@ -112,7 +113,7 @@ func FuzzParseScale(f *testing.F) {
 
 // FuzzRequestHeaders: whatever X-Request-Id and X-Platform a client sends, the id echoed is a valid one
 // (the client's own when valid, a made one when absent, none when malformed), no header is split, and
-// every error echoes at most maxEcho bytes of client text.
+// every error echoes at most 128 bytes of client text.
 func FuzzRequestHeaders(f *testing.F) {
 	f.Add("req-1", "web", true)
 	f.Add("", "", false)
@@ -125,10 +126,10 @@ func FuzzRequestHeaders(f *testing.F) {
 	r.Use(requestID())
 	r.POST("/x/:id", func(c *gin.Context) {
 		if p := c.GetHeader("X-Platform"); p != "" && !platforms[p] {
-			fail(c, http.StatusBadRequest, reasonInvalidPlatform)
+			fail(c, errcode.InvalidPlatform.E())
 			return
 		}
-		fail(c, http.StatusNotFound, reasonNoInputImage(c.Param("id")))
+		fail(c, errcode.NoInputImage.With(c.Param("id")))
 	})
 	f.Fuzz(func(t *testing.T, rid, platform string, sendID bool) {
 		req := httptest.NewRequest("POST", "/x/1", nil)
@@ -157,20 +158,8 @@ func FuzzRequestHeaders(f *testing.F) {
 		if err := json.Unmarshal(w.Body.Bytes(), &env); err != nil {
 			t.Fatalf("HTTP %d, body %q", w.Code, w.Body.Bytes())
 		}
-		if len(env.Data) > len("no_input_image ()")+maxEcho+len("…") {
+		if len(env.Data) > len("no_input_image ()")+128+len("…") { // ids are echoed up to 128 bytes
 			t.Fatalf("echoed %d bytes", len(env.Data))
-		}
-	})
-}
-
-// FuzzEcho: a cut echo is short, and valid UTF-8 when its input was.
-func FuzzEcho(f *testing.F) {
-	f.Add(strings.Repeat("é", 100))
-	f.Add("short")
-	f.Fuzz(func(t *testing.T, s string) {
-		e := echo(s)
-		if len(e) > maxEcho+len("…") || (utf8.ValidString(s) && !utf8.ValidString(e)) {
-			t.Fatalf("echo(%q) = %q", s, e)
 		}
 	})
 }

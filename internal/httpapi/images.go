@@ -16,6 +16,7 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"upsize/internal/blob"
+	"upsize/internal/errcode"
 	"upsize/internal/imageops"
 	"upsize/internal/store"
 )
@@ -113,13 +114,13 @@ func uploadFailed(c *gin.Context, err error) {
 	var fe fieldError
 	switch {
 	case errors.As(err, &fe):
-		fail(c, http.StatusBadRequest, reasonInvalidField(fe.name))
+		fail(c, errcode.InvalidField.With(fe.name))
 	case errors.Is(err, errBufferFull):
-		fail(c, http.StatusRequestEntityTooLarge, reasonPayloadTooLarge)
+		fail(c, errcode.PayloadTooLarge.E())
 	case errors.Is(err, errTooManyParts):
-		fail(c, http.StatusBadRequest, reasonInvalidBody)
+		fail(c, errcode.InvalidBody.E())
 	default:
-		bodyReadFailed(c, err, reasonMissingFile)
+		bodyReadFailed(c, err, errcode.MissingFile)
 	}
 }
 
@@ -128,16 +129,16 @@ func uploadFailed(c *gin.Context, err error) {
 // in the memory that decodes may take at once, and stopped if the client goes away.
 func checkImage(c *gin.Context, g *gate, b []byte, l Limits, log *slog.Logger) (imageops.Info, bool) {
 	if _, err := imageops.Sniff(b); err != nil {
-		fail(c, http.StatusUnsupportedMediaType, reasonUnsupportedFormat)
+		fail(c, errcode.UnsupportedFormat.E())
 		return imageops.Info{}, false
 	}
 	info, err := imageops.Probe(b)
 	if err != nil {
-		fail(c, http.StatusUnprocessableEntity, reasonInvalidImage)
+		fail(c, errcode.InvalidImage.E())
 		return imageops.Info{}, false
 	}
 	if info.Pixels() > l.MaxInputPixels {
-		fail(c, http.StatusUnprocessableEntity, reasonImageTooLarge)
+		fail(c, errcode.ImageTooLarge.E())
 		return imageops.Info{}, false
 	}
 	ctx := c.Request.Context()
@@ -157,9 +158,9 @@ func checkImage(c *gin.Context, g *gate, b []byte, l Limits, log *slog.Logger) (
 		c.Abort() // the client went away: nobody reads an answer
 	case vctx.Err() != nil:
 		// Costs far more than its pixels justify (SPEC: invalid_image).
-		fail(c, http.StatusUnprocessableEntity, reasonInvalidImage)
+		fail(c, errcode.InvalidImage.E())
 	default:
-		fail(c, http.StatusUnprocessableEntity, reasonInvalidImage)
+		fail(c, errcode.InvalidImage.E())
 	}
 	return imageops.Info{}, false
 }
@@ -172,7 +173,7 @@ func busy(c *gin.Context, err error) {
 	}
 	c.Set(ctxErr, err)
 	c.Header("Retry-After", "2")
-	fail(c, http.StatusServiceUnavailable, reasonServerBusy)
+	fail(c, errcode.ServerBusy.E())
 }
 
 // editInfo reads the six optional text fields of an upload.
@@ -184,7 +185,7 @@ func editInfo(c *gin.Context, f map[string]string) (store.EditInfo, bool) {
 	if v := strings.TrimSpace(f["variationId"]); v != "" {
 		n, err := strconv.ParseInt(v, 10, 64)
 		if err != nil || n < 0 {
-			fail(c, http.StatusBadRequest, reasonInvalidField("variationId"))
+			fail(c, errcode.InvalidField.With("variationId"))
 			return e, false
 		}
 		e.VariationID = n
@@ -201,7 +202,7 @@ func handleUpload(d *Deps, g *gate, admin bool) gin.HandlerFunc {
 		// upload memory at its declared length, or at the largest allowed when it has none.
 		size := c.Request.ContentLength
 		if size > d.Limits.MaxUploadBytes {
-			fail(c, http.StatusRequestEntityTooLarge, reasonPayloadTooLarge)
+			fail(c, errcode.PayloadTooLarge.E())
 			return
 		}
 		if size < 0 {
@@ -227,20 +228,20 @@ func handleUpload(d *Deps, g *gate, admin bool) gin.HandlerFunc {
 			raw := up.fields["ownerId"]
 			id, err := strconv.ParseInt(raw, 10, 64)
 			if err != nil || id <= 0 {
-				fail(c, http.StatusBadRequest, reasonInvalidField("ownerId"))
+				fail(c, errcode.InvalidField.With("ownerId"))
 				return
 			}
 			if _, err := d.Store.GetUser(ctx, id); errors.Is(err, store.ErrNotFound) {
-				fail(c, http.StatusNotFound, reasonNoUser(raw))
+				fail(c, errcode.NoUser.With(raw))
 				return
 			} else if err != nil {
-				unavailable(c, reasonServiceUnavailable, err)
+				unavailable(c, errcode.ServiceUnavailable, err)
 				return
 			}
 			owner = id
 			collection = strings.TrimSpace(up.fields["collection"])
 			if len(collection) > 128 {
-				fail(c, http.StatusBadRequest, reasonInvalidField("collection"))
+				fail(c, errcode.InvalidField.With("collection"))
 				return
 			}
 		} else {
@@ -251,7 +252,7 @@ func handleUpload(d *Deps, g *gate, admin bool) gin.HandlerFunc {
 			return
 		}
 		if up.file == nil {
-			fail(c, http.StatusBadRequest, reasonMissingFile)
+			fail(c, errcode.MissingFile.E())
 			return
 		}
 		file := up.file.Bytes()
@@ -261,7 +262,7 @@ func handleUpload(d *Deps, g *gate, admin bool) gin.HandlerFunc {
 		}
 		id, err := d.Store.NextImageID(ctx)
 		if err != nil {
-			unavailable(c, reasonServiceUnavailable, err)
+			unavailable(c, errcode.ServiceUnavailable, err)
 			return
 		}
 		stored, err := d.Blobs.Put(ctx, store.BlobKey(id), func(w io.Writer) error {
@@ -269,7 +270,7 @@ func handleUpload(d *Deps, g *gate, admin bool) gin.HandlerFunc {
 			return err
 		})
 		if err != nil {
-			unavailable(c, reasonServiceUnavailable, err)
+			unavailable(c, errcode.ServiceUnavailable, err)
 			return
 		}
 		im := store.Image{
@@ -279,7 +280,7 @@ func handleUpload(d *Deps, g *gate, admin bool) gin.HandlerFunc {
 		}
 		if err := d.Store.PutImage(ctx, im); err != nil {
 			_ = d.Blobs.Delete(ctx, store.BlobKey(id))
-			unavailable(c, reasonServiceUnavailable, err)
+			unavailable(c, errcode.ServiceUnavailable, err)
 			return
 		}
 		c.JSON(http.StatusCreated, imageBody(im))
@@ -292,16 +293,16 @@ func visibleImage(c *gin.Context, s *store.Store) (store.Image, bool) {
 	raw := c.Param("id")
 	id, ok := parseID(raw)
 	if !ok {
-		fail(c, http.StatusNotFound, reasonNoInputImage(raw))
+		fail(c, errcode.NoInputImage.With(raw))
 		return store.Image{}, false
 	}
 	im, err := s.GetImage(c.Request.Context(), id)
 	switch {
 	case errors.Is(err, store.ErrNotFound), err == nil && !im.VisibleTo(currentUser(c).ID):
-		fail(c, http.StatusNotFound, reasonNoInputImage(raw))
+		fail(c, errcode.NoInputImage.With(raw))
 		return store.Image{}, false
 	case err != nil:
-		unavailable(c, reasonServiceUnavailable, err)
+		unavailable(c, errcode.ServiceUnavailable, err)
 		return store.Image{}, false
 	}
 	return im, true
@@ -333,7 +334,7 @@ func handleGetFile(s *store.Store, blobs blob.Store) gin.HandlerFunc {
 		}
 		obj, err := blobs.Open(c.Request.Context(), store.BlobKey(im.ID))
 		if err != nil {
-			unavailable(c, reasonServiceUnavailable, err)
+			unavailable(c, errcode.ServiceUnavailable, err)
 			return
 		}
 		defer obj.Close()

@@ -12,6 +12,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 
+	"upsize/internal/errcode"
 	"upsize/internal/metrics"
 	"upsize/internal/store"
 )
@@ -71,17 +72,17 @@ func apiKeyAuth(s *store.Store) gin.HandlerFunc {
 	return func(c *gin.Context) {
 		key := c.GetHeader("X-Api-Key")
 		if key == "" {
-			fail(c, http.StatusForbidden, reasonNotLoggedIn)
+			fail(c, errcode.NotLoggedIn.E())
 			return
 		}
 		u, err := s.Authenticate(c.Request.Context(), key, time.Now())
 		switch {
 		case errors.Is(err, store.ErrKeyUnknown), errors.Is(err, store.ErrNotFound):
-			fail(c, http.StatusUnauthorized, reasonWrongAPIKey)
+			fail(c, errcode.WrongAPIKey.E())
 		case errors.Is(err, store.ErrKeyExpired):
-			fail(c, http.StatusUnauthorized, reasonAPIKeyExpired)
+			fail(c, errcode.APIKeyExpired.E())
 		case err != nil:
-			unavailable(c, reasonServiceUnavailable, err)
+			unavailable(c, errcode.ServiceUnavailable, err)
 		default:
 			c.Set(ctxUser, u)
 			c.Next()
@@ -96,7 +97,7 @@ func adminAuth(token string) gin.HandlerFunc {
 	return func(c *gin.Context) {
 		got := []byte(c.GetHeader("Authorization"))
 		if token == "" || subtle.ConstantTimeCompare(got, want) != 1 {
-			fail(c, http.StatusUnauthorized, reasonInvalidAdminToken)
+			fail(c, errcode.InvalidAdminToken.E())
 			return
 		}
 		c.Next()
@@ -202,6 +203,6 @@ func dropUnreadBody(c *gin.Context) {
 func recovery(log *slog.Logger) gin.HandlerFunc {
 	return gin.CustomRecoveryWithWriter(nil, func(c *gin.Context, err any) {
 		log.Error("panic", "route", c.FullPath(), "panic", err)
-		fail(c, http.StatusInternalServerError, reasonInternal)
+		fail(c, errcode.Internal.E())
 	})
 }

@@ -10,6 +10,8 @@ import (
 
 	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/gin-gonic/gin"
+
+	"upsize/internal/errcode"
 )
 
 //go:embed openapi.yaml
@@ -37,7 +39,7 @@ func handleOpenAPI() gin.HandlerFunc {
 		b, err := body()
 		if err != nil {
 			c.Set(ctxErr, err)
-			fail(c, http.StatusInternalServerError, reasonInternal)
+			fail(c, errcode.Internal.E())
 			return
 		}
 		c.Data(http.StatusOK, "application/json", b)

@@ -7,6 +7,7 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"upsize/internal/cancel"
+	"upsize/internal/errcode"
 	"upsize/internal/store"
 )
 
@@ -17,15 +18,15 @@ func handleGetRequest(s *store.Store, reg *cancel.Registry) gin.HandlerFunc {
 		rid := c.Param("requestId")
 		u := currentUser(c)
 		if !requestIDPattern.MatchString(rid) {
-			fail(c, http.StatusNotFound, reasonNoRequest(rid))
+			fail(c, errcode.NoRequest.With(rid))
 			return
 		}
 		req, err := reg.Get(ctx, u.ID, rid)
 		if errors.Is(err, cancel.ErrNotFound) {
-			fail(c, http.StatusNotFound, reasonNoRequest(rid))
+			fail(c, errcode.NoRequest.With(rid))
 			return
 		} else if err != nil {
-			unavailable(c, reasonServiceUnavailable, err)
+			unavailable(c, errcode.ServiceUnavailable, err)
 			return
 		}
 		body := gin.H{"requestId": rid, "state": req.State}
@@ -33,7 +34,7 @@ func handleGetRequest(s *store.Store, reg *cancel.Registry) gin.HandlerFunc {
 		case cancel.Completed:
 			im, err := s.GetImage(ctx, req.ResultID)
 			if err != nil {
-				unavailable(c, reasonServiceUnavailable, err)
+				unavailable(c, errcode.ServiceUnavailable, err)
 				return
 			}
 			body["image"] = toDTO(im)
@@ -55,16 +56,16 @@ func handleCancel(d *Deps) gin.HandlerFunc {
 				d.Measure.Cancels.WithLabelValues("invalid").Inc()
 			}
 			if !sent {
-				fail(c, http.StatusBadRequest, reasonMissingRequestID)
+				fail(c, errcode.MissingRequestID.E())
 			} else {
-				fail(c, http.StatusBadRequest, reasonInvalidRequestID)
+				fail(c, errcode.InvalidRequestID.E())
 			}
 			return
 		}
 		rid := c.GetString(ctxRequestID)
 		res, err := d.Registry.Cancel(ctx, currentUser(c).ID, rid)
 		if err != nil {
-			unavailable(c, reasonServiceUnavailable, err)
+			unavailable(c, errcode.ServiceUnavailable, err)
 			return
 		}
 		if d.Measure != nil {
@@ -80,9 +81,9 @@ func handleCancel(d *Deps) gin.HandlerFunc {
 			}
 			c.JSON(http.StatusOK, gin.H{"success": true, "code": http.StatusOK, "data": "canceled"})
 		case cancel.Completed:
-			fail(c, http.StatusConflict, reasonAlreadyCompleted)
+			fail(c, errcode.AlreadyCompleted.E())
 		default:
-			fail(c, http.StatusConflict, reasonAlreadyFailed)
+			fail(c, errcode.AlreadyFailed.E())
 		}
 	}
 }

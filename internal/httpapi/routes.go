@@ -15,6 +15,7 @@ import (
 
 	"upsize/internal/blob"
 	"upsize/internal/cancel"
+	"upsize/internal/errcode"
 	"upsize/internal/jobs"
 	"upsize/internal/metrics"
 	"upsize/internal/store"
@@ -108,8 +109,8 @@ func addRoutes(r *gin.Engine, d *Deps) {
 	admin.PUT("/credit-costs/upsize", handleSetCosts(d.Store))
 	admin.DELETE("/credit-costs/upsize", handleDelete(d.Store.DeleteCosts))
 
-	r.NoRoute(func(c *gin.Context) { fail(c, http.StatusNotFound, reasonNotFound) })
-	r.NoMethod(func(c *gin.Context) { fail(c, http.StatusMethodNotAllowed, reasonMethodNotAllowed) })
+	r.NoRoute(func(c *gin.Context) { fail(c, errcode.NotFound.E()) })
+	r.NoMethod(func(c *gin.Context) { fail(c, errcode.MethodNotAllowed.E()) })
 }
 
 // readBody reads a small body; over max bytes it answers 413, and a body that does not arrive within
@@ -117,7 +118,7 @@ func addRoutes(r *gin.Engine, d *Deps) {
 func readBody(c *gin.Context, max int64) ([]byte, bool) {
 	b, err := io.ReadAll(http.MaxBytesReader(c.Writer, c.Request.Body, max))
 	if err != nil {
-		bodyReadFailed(c, err, reasonInvalidBody)
+		bodyReadFailed(c, err, errcode.InvalidBody)
 		return nil, false
 	}
 	bodyRead(c)
@@ -125,17 +126,17 @@ func readBody(c *gin.Context, max int64) ([]byte, bool) {
 }
 
 // bodyReadFailed answers a body that could not be read: too large (413), too slow (408), or cut or
-// malformed (400 with reason).
-func bodyReadFailed(c *gin.Context, err error, reason string) {
+// malformed (code).
+func bodyReadFailed(c *gin.Context, err error, code errcode.Code) {
 	var tooBig *http.MaxBytesError
 	var netErr net.Error
 	switch {
 	case errors.As(err, &tooBig):
-		fail(c, http.StatusRequestEntityTooLarge, reasonPayloadTooLarge)
+		fail(c, errcode.PayloadTooLarge.E())
 	case errors.As(err, &netErr) && netErr.Timeout():
 		c.Header("Connection", "close")
-		fail(c, http.StatusRequestTimeout, reasonRequestTimeout)
+		fail(c, errcode.RequestTimeout.E())
 	default:
-		fail(c, http.StatusBadRequest, reason)
+		fail(c, code.E())
 	}
 }

@@ -10,9 +10,10 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"upsize/internal/cancel"
-	"upsize/internal/imageops"
+	"upsize/internal/errcode"
 	"upsize/internal/jobs"
 	"upsize/internal/metrics"
+	"upsize/internal/policy"
 	"upsize/internal/store"
 )
 
@@ -36,14 +37,15 @@ func parseScale(body []byte) (string, bool) {
 	if json.Unmarshal(raw, &s) != nil {
 		return "", false
 	}
-	if _, ok := jobs.ScaleFactor(s); !ok {
+	if _, ok := policy.ScaleFactor(s); !ok {
 		return "", false
 	}
 	return s, true
 }
 
-// handleUpsize is POST /api/images/{id}/upsize. Rule 1 ran in apiKeyAuth; the others run here in
-// SPEC's order. The request's outcome is decided in the registry, never here.
+// handleUpsize is POST /api/images/{id}/upsize: parse (rule 2), rule 3, load (rule 4), check (rules
+// 5-12, package policy), backpressure (13), admit (14), await. Rule 1 ran in apiKeyAuth. The request's
+// outcome is decided in the registry, never here.
 func handleUpsize(d *Deps) gin.HandlerFunc {
 	return func(c *gin.Context) {
 		began := time.Now()
@@ -52,166 +54,153 @@ func handleUpsize(d *Deps) gin.HandlerFunc {
 		scaleLabel := "unknown"
 		defer func() { countUpsize(c, d.Measure, scaleLabel) }()
 
-		// Rule 2.
-		if p := c.GetHeader("X-Platform"); p != "" && !platforms[p] {
-			fail(c, http.StatusBadRequest, reasonInvalidPlatform)
-			return
-		}
-		if c.GetBool(ctxBadRID) {
-			fail(c, http.StatusBadRequest, reasonInvalidRequestID)
-			return
-		}
-		rid := c.GetString(ctxRequestID)
-		body, ok := readBody(c, maxUpsizeBody)
+		ask, ok := parseUpsize(c)
 		if !ok {
 			return
 		}
-		scale, scaleOK := parseScale(body)
-		if scaleOK {
-			scaleLabel = scale
+		if ask.scaleOK {
+			scaleLabel = ask.scale
 		}
-		rawID := c.Param("id")
-		imageID, idOK := parseID(rawID)
-		ask := asked{imageID: imageID, idOK: idOK, scale: scale, scaleOK: scaleOK}
-
 		// Rule 3: a request id this user has used before decides the answer by itself.
-		known, err := d.Registry.Get(ctx, u.ID, rid)
+		known, err := d.Registry.Get(ctx, u.ID, ask.rid)
 		if err == nil {
 			answerKnown(c, d, known, ask, began)
 			return
 		} else if !errors.Is(err, cancel.ErrNotFound) {
-			unavailable(c, reasonQueueUnavailable, err)
+			unavailable(c, errcode.QueueUnavailable, err)
 			return
 		}
-
-		// Rule 4.
-		src, ok := visibleImage(c, d.Store)
+		src, ok := visibleImage(c, d.Store) // rule 4
 		if !ok {
 			return
 		}
-		// Rules 5-7.
-		switch {
-		case src.Collection == "premium" && !u.Premium:
-			fail(c, http.StatusForbidden, reasonPremium(src.ID))
-			return
-		case src.Scale != "1x":
-			fail(c, http.StatusForbidden, reasonAlreadyUpscaled)
-			return
-		case u.Billing == store.BillingFailed:
-			fail(c, http.StatusForbidden, reasonFailedBilling)
-			return
-		}
-		// Rule 8.
-		if !scaleOK {
-			fail(c, http.StatusBadRequest, reasonInvalidScaleSize)
-			return
-		}
-		factor, _ := jobs.ScaleFactor(scale)
-		// Rule 9: the result's longer side reaching 4K is for paying users.
-		if u.Plan == store.PlanFree && max(src.Width, src.Height)*factor >= 3840 {
-			fail(c, http.StatusForbidden, reasonFree4K)
-			return
-		}
-		// Rules 10 and 11.
 		settings, err := d.Store.GetSettings(ctx)
 		if err != nil {
-			unavailable(c, reasonQueueUnavailable, err)
+			unavailable(c, errcode.QueueUnavailable, err)
 			return
 		}
-		switch {
-		case settings.Model == "":
-			fail(c, http.StatusUnprocessableEntity, reasonNoModel)
-			return
-		case !imageops.KnownKernel(settings.Model):
-			fail(c, http.StatusUnprocessableEntity, reasonUnknownModel(settings.Model))
+		up, refused := policy.Check(u, src, ask.scale, ask.scaleOK, settings,
+			policy.Limits{MaxInputPixels: d.Limits.MaxInputPixels, MaxOutputPixels: d.Limits.MaxOutputPixels})
+		if refused != nil {
+			fail(c, refused)
 			return
 		}
-		cost, ok := settings.Costs[scale]
+		if !backpressure(c, d, u.ID) {
+			return
+		}
+		queue, ok := admit(c, d, u, ask, src, up, began)
 		if !ok {
-			fail(c, http.StatusUnprocessableEntity, reasonNoCreditCost)
 			return
 		}
-		// Rule 12, from the stored header sizes: nothing is decoded here. A result side over what its
-		// format can hold would only fail in the worker.
-		if src.Pixels() > d.Limits.MaxInputPixels || src.Pixels()*int64(factor*factor) > d.Limits.MaxOutputPixels ||
-			max(src.Width, src.Height)*factor > imageops.Format(src.Format).MaxSide() {
-			fail(c, http.StatusUnprocessableEntity, reasonImageTooLarge)
-			return
-		}
-		// Rule 13: the caller's own open requests, then the queue as a whole. Admit checks the first
-		// again atomically.
-		if maxOpen := d.Registry.MaxOpen(); maxOpen > 0 {
-			open, err := d.Registry.OpenCount(ctx, u.ID)
-			if err != nil {
-				unavailable(c, reasonQueueUnavailable, err)
-				return
-			}
-			if open >= maxOpen {
-				tooMany(c, d, open, maxOpen)
-				return
-			}
-		}
-		backlog, err := d.Queue.Backlog(ctx)
-		if err != nil {
-			unavailable(c, reasonQueueUnavailable, err)
-			return
-		}
-		if backlog > d.Limits.QueueMaxBacklog {
-			c.Header("Retry-After", strconv.Itoa(d.Queue.RetryAfter(ctx, backlog, d.Limits.QueueMaxBacklog)))
-			fail(c, http.StatusTooManyRequests, reasonQueueFull)
-			return
-		}
-
-		// Rule 14: reserve and record atomically; the id may have been taken since rule 3.
-		queue := jobs.QueueFor(u.Plan)
-		res, err := d.Registry.Admit(ctx, cancel.Admission{
-			UserID: u.ID, RequestID: rid, ImageID: src.ID, Scale: scale, Model: settings.Model,
-			Cost: cost, Queue: queue, TaskID: jobs.TaskID(u.ID, rid),
-		})
-		switch {
-		case err != nil:
-			unavailable(c, reasonQueueUnavailable, err)
-			return
-		case res.Exists:
-			answerKnown(c, d, res.Request, ask, began)
-			return
-		case res.TooMany:
-			tooMany(c, d, d.Registry.MaxOpen(), d.Registry.MaxOpen())
-			return
-		case res.NoCredit:
-			fail(c, http.StatusPaymentRequired, reasonNotEnoughCredit)
-			return
-		}
-
 		// Watch before enqueuing: the outcome cannot be announced before the task exists.
-		wake, stop := d.Hub.Watch(u.ID, rid)
+		wake, stop := d.Hub.Watch(u.ID, ask.rid)
 		defer stop()
-		if err := d.Queue.Enqueue(ctx, queue, jobs.Payload{UserID: u.ID, RequestID: rid}); err != nil {
-			// Nothing will run it: fail it, refunding the reservation (or find the cancel that came first),
-			// and answer what the registry then says.
-			if _, ferr := d.Registry.Fail(ctx, u.ID, rid, http.StatusServiceUnavailable, reasonQueueUnavailable); ferr != nil {
-				// Redis is gone: the request stays recorded (its credits reserved) and the sweeper will
-				// enqueue it, so it is accepted, not refused: 202, and GET /api/requests tells the end.
-				c.Set(ctxErr, errors.Join(err, ferr))
-				accepted(c, rid)
-				return
-			}
-		} else if err := d.Registry.Enqueued(ctx, u.ID, rid); err != nil {
-			// Harmless: the sweeper finds the task already there.
-			d.Log.Warn("could not confirm an enqueue", "request_id", rid, "user_id", u.ID, "err", err)
+		if !enqueue(c, d, u.ID, ask.rid, queue) {
+			return
 		}
-		await(c, d, u.ID, rid, wake, began)
+		await(c, d, u.ID, ask.rid, wake, began)
 	}
 }
 
-// tooMany is rule 13 for one user: come back when about one of the user's requests will have finished.
-func tooMany(c *gin.Context, d *Deps, open, maxOpen int64) {
-	c.Header("Retry-After", strconv.Itoa(d.Queue.RetryAfter(c.Request.Context(), open, maxOpen-1)))
-	fail(c, http.StatusTooManyRequests, reasonTooManyRequests)
+// parseUpsize is rule 2 and what the request asks for: a malformed header answers here; a scale or id
+// that does not parse is judged later, in SPEC's order.
+func parseUpsize(c *gin.Context) (asked, bool) {
+	if p := c.GetHeader("X-Platform"); p != "" && !platforms[p] {
+		fail(c, errcode.InvalidPlatform.E())
+		return asked{}, false
+	}
+	if c.GetBool(ctxBadRID) {
+		fail(c, errcode.InvalidRequestID.E())
+		return asked{}, false
+	}
+	body, ok := readBody(c, maxUpsizeBody)
+	if !ok {
+		return asked{}, false
+	}
+	a := asked{rid: c.GetString(ctxRequestID)}
+	a.scale, a.scaleOK = parseScale(body)
+	a.imageID, a.idOK = parseID(c.Param("id"))
+	return a, true
+}
+
+// backpressure is rule 13, from the caller's open requests and the queue's backlog.
+func backpressure(c *gin.Context, d *Deps, userID int64) bool {
+	ctx := c.Request.Context()
+	var open int64
+	if d.Registry.MaxOpen() > 0 {
+		var err error
+		if open, err = d.Registry.OpenCount(ctx, userID); err != nil {
+			unavailable(c, errcode.QueueUnavailable, err)
+			return false
+		}
+	}
+	backlog, err := d.Queue.Backlog(ctx)
+	if err != nil {
+		unavailable(c, errcode.QueueUnavailable, err)
+		return false
+	}
+	switch e := policy.Backpressure(open, d.Registry.MaxOpen(), backlog, d.Limits.QueueMaxBacklog); e {
+	case nil:
+		return true
+	default:
+		if e.Code == errcode.TooManyRequests {
+			// Come back when about one of the caller's requests will have finished.
+			c.Header("Retry-After", strconv.Itoa(d.Queue.RetryAfter(ctx, open, d.Registry.MaxOpen()-1)))
+		} else {
+			c.Header("Retry-After", strconv.Itoa(d.Queue.RetryAfter(ctx, backlog, d.Limits.QueueMaxBacklog)))
+		}
+		fail(c, e)
+		return false
+	}
+}
+
+// admit is rule 14: reserve and record atomically. The id may have been taken since rule 3, and the
+// caller's open requests are counted again, atomically.
+func admit(c *gin.Context, d *Deps, u store.User, ask asked, src store.Image, up policy.Upsize, began time.Time) (queue string, ok bool) {
+	queue = jobs.QueueFor(u.Plan)
+	res, err := d.Registry.Admit(c.Request.Context(), cancel.Admission{
+		UserID: u.ID, RequestID: ask.rid, ImageID: src.ID, Scale: up.Scale, Model: up.Model,
+		Cost: up.Cost, Queue: queue, TaskID: jobs.TaskID(u.ID, ask.rid),
+	})
+	switch {
+	case err != nil:
+		unavailable(c, errcode.QueueUnavailable, err)
+	case res.Exists:
+		answerKnown(c, d, res.Request, ask, began)
+	case res.TooMany:
+		max := d.Registry.MaxOpen()
+		c.Header("Retry-After", strconv.Itoa(d.Queue.RetryAfter(c.Request.Context(), max, max-1)))
+		fail(c, errcode.TooManyRequests.E())
+	case res.NoCredit:
+		fail(c, errcode.NotEnoughCredit.E())
+	default:
+		return queue, true
+	}
+	return "", false
+}
+
+// enqueue puts the admitted request's task on its queue. When that fails, nothing will run it: it is
+// failed and refunded (or the cancel that came first stands), and await answers what the registry says.
+func enqueue(c *gin.Context, d *Deps, userID int64, rid, queue string) bool {
+	ctx := c.Request.Context()
+	if err := d.Queue.Enqueue(ctx, queue, jobs.Payload{UserID: userID, RequestID: rid}); err != nil {
+		if _, ferr := d.Registry.Fail(ctx, userID, rid, errcode.QueueUnavailable.Status, errcode.QueueUnavailable.Name); ferr != nil {
+			// Redis is gone: the request stays recorded (its credits reserved) and the sweeper will
+			// enqueue it, so it is accepted, not refused: 202, and GET /api/requests tells the end.
+			c.Set(ctxErr, errors.Join(err, ferr))
+			accepted(c, rid)
+			return false
+		}
+	} else if err := d.Registry.Enqueued(ctx, userID, rid); err != nil {
+		// Harmless: the sweeper finds the task already there.
+		d.Log.Warn("could not confirm an enqueue", "request_id", rid, "user_id", userID, "err", err)
+	}
+	return true
 }
 
 // asked is what an upsize asks for, as far as it could be parsed.
 type asked struct {
+	rid     string
 	imageID int64
 	idOK    bool
 	scale   string
@@ -224,13 +213,13 @@ func answerKnown(c *gin.Context, d *Deps, known cancel.Request, ask asked, began
 	switch {
 	case known.State == cancel.Canceled:
 		c.Set(ctxOutcome, "canceled")
-		fail(c, http.StatusConflict, reasonUserCanceled)
+		fail(c, errcode.UserCanceled.E())
 	case ask.idOK && ask.imageID == known.ImageID && ask.scaleOK && ask.scale == known.Scale:
 		wake, stop := d.Hub.Watch(known.UserID, known.ID)
 		defer stop()
 		await(c, d, known.UserID, known.ID, wake, began)
 	default:
-		fail(c, http.StatusUnprocessableEntity, reasonRequestIDReused)
+		fail(c, errcode.RequestIDReused.E())
 	}
 }
 
@@ -284,16 +273,16 @@ func answerOutcome(c *gin.Context, d *Deps, req cancel.Request) {
 	case cancel.Completed:
 		im, err := d.Store.GetImage(c.Request.Context(), req.ResultID)
 		if err != nil {
-			unavailable(c, reasonServiceUnavailable, err)
+			unavailable(c, errcode.ServiceUnavailable, err)
 			return
 		}
 		c.JSON(http.StatusCreated, imageBody(im))
 	case cancel.Canceled:
 		c.Set(ctxOutcome, "canceled")
-		fail(c, http.StatusConflict, reasonUserCanceled)
+		fail(c, errcode.UserCanceled.E())
 	default:
 		c.Set(ctxOutcome, "failed")
-		fail(c, req.ErrCode, req.ErrData)
+		answerError(c, req.ErrCode, req.ErrData)
 	}
 }
 
@@ -316,5 +305,5 @@ func countUpsize(c *gin.Context, m *metrics.API, scale string) {
 			outcome = "rejected"
 		}
 	}
-	m.Outcomes.WithLabelValues(outcome, metrics.Known(metrics.Reason(c.GetString(ctxReason)), reasonLabels), scale).Inc()
+	m.Outcomes.WithLabelValues(outcome, errcode.Label(c.GetString(ctxReason)), scale).Inc()
 }

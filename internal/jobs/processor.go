@@ -6,14 +6,17 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strconv"
 	"time"
 
 	"github.com/hibiken/asynq"
 
 	"upsize/internal/blob"
 	"upsize/internal/cancel"
+	"upsize/internal/errcode"
 	"upsize/internal/imageops"
 	"upsize/internal/metrics"
+	"upsize/internal/policy"
 	"upsize/internal/store"
 )
 
@@ -60,14 +63,13 @@ type TaskReport struct {
 	CancelStop time.Duration // canceled runs: from the cancel being recorded to the work stopping
 }
 
-// permanent is a failure that would happen again: the request fails now, without retries.
+// permanent is a failure that would happen again: the request fails now with answer, without retries.
 type permanent struct {
-	code int
-	data string
-	err  error
+	answer *errcode.Error
+	err    error
 }
 
-func (p *permanent) Error() string { return fmt.Sprintf("%d %s: %v", p.code, p.data, p.err) }
+func (p *permanent) Error() string { return fmt.Sprintf("%s: %v", p.answer, p.err) }
 
 // finishTimeout bounds the clean-up calls after a task (deleting a loser's bytes). They run on a context
 // of their own, as outcomes are recorded (record): a cancel that arrives after the work is done must not
@@ -103,7 +105,7 @@ func (p *Processor) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	case errors.Is(err, cancel.ErrNotFound):
 		// The task outlived its request's state (lost by Redis): nothing can run, but the credits it
 		// held are refunded and the request is recorded as failed, never dropped silently.
-		refunded, exists, err := p.Registry.Lost(ctx, pl.UserID, pl.RequestID, 500, "upsize_failed")
+		refunded, exists, err := p.Registry.Lost(ctx, pl.UserID, pl.RequestID, errcode.UpsizeFailed.Status, errcode.UpsizeFailed.Name)
 		if err == nil && exists {
 			err = errors.New("jobs: the request reappeared while settling it as lost")
 		}
@@ -144,14 +146,14 @@ func (p *Processor) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	}
 	var perm *permanent
 	if errors.As(err, &perm) || isLastAttempt(ctx) {
-		code, data := 500, "upsize_failed"
+		answer := errcode.UpsizeFailed.E()
 		if perm != nil {
-			code, data = perm.code, perm.data
+			answer = perm.answer
 		}
 		p.deleteResult(log, req)
 		rep.Outcome, rep.Reason = "failed", err.Error()
 		if _, ferr := record(func(ctx context.Context) (cancel.State, error) {
-			return p.Registry.Fail(ctx, req.UserID, req.ID, code, data)
+			return p.Registry.Fail(ctx, req.UserID, req.ID, answer.Code.Status, answer.Data)
 		}); ferr != nil {
 			return ferr // asynq retries; the next run records the failure
 		}
@@ -165,18 +167,18 @@ func (p *Processor) ProcessTask(ctx context.Context, t *asynq.Task) error {
 func (p *Processor) work(ctx context.Context, req cancel.Request, rep *TaskReport) (store.Image, error) {
 	src, err := p.Images.GetImage(ctx, req.ImageID)
 	if errors.Is(err, store.ErrNotFound) {
-		return store.Image{}, &permanent{404, fmt.Sprintf("no_input_image (%d)", req.ImageID), err}
+		return store.Image{}, &permanent{errcode.NoInputImage.With(strconv.FormatInt(req.ImageID, 10)), err}
 	}
 	if err != nil {
 		return store.Image{}, err
 	}
 	rep.Format = src.Format
 	if !imageops.KnownKernel(req.Model) {
-		return store.Image{}, &permanent{422, fmt.Sprintf("unknown_model (%s)", req.Model), imageops.ErrUnknownKernel}
+		return store.Image{}, &permanent{errcode.UnknownModel.With(req.Model), imageops.ErrUnknownKernel}
 	}
-	scale, ok := ScaleFactor(req.Scale)
+	scale, ok := policy.ScaleFactor(req.Scale)
 	if !ok {
-		return store.Image{}, &permanent{400, "invalid_scale_size", fmt.Errorf("scale %q", req.Scale)}
+		return store.Image{}, &permanent{errcode.InvalidScaleSize.E(), fmt.Errorf("scale %q", req.Scale)}
 	}
 
 	t0 := time.Now()
@@ -200,12 +202,13 @@ func (p *Processor) work(ctx context.Context, req cancel.Request, rep *TaskRepor
 	})
 	rep.Write = tw.spent
 	rep.Transform = time.Since(t1) - tw.spent
-	switch {
-	case errors.Is(err, imageops.ErrTooLarge):
-		return store.Image{}, &permanent{422, "image_too_large", err}
-	case errors.Is(err, imageops.ErrInvalidImage), errors.Is(err, imageops.ErrUnsupportedFormat):
-		return store.Image{}, &permanent{422, "invalid_image", err}
-	case err != nil:
+	if answer := errcode.FromImage(err); answer != nil {
+		if answer.Code == errcode.UnsupportedFormat {
+			answer = errcode.InvalidImage.E() // the source was accepted at upload: its bytes are what is wrong
+		}
+		return store.Image{}, &permanent{answer, err}
+	}
+	if err != nil {
 		return store.Image{}, err
 	}
 	rep.BytesOut = info.Size
@@ -319,19 +322,6 @@ func isLastAttempt(ctx context.Context) bool {
 	n, ok1 := asynq.GetRetryCount(ctx)
 	max, ok2 := asynq.GetMaxRetry(ctx)
 	return ok1 && ok2 && n >= max
-}
-
-// ScaleFactor parses "2x", "4x", "8x".
-func ScaleFactor(s string) (int, bool) {
-	switch s {
-	case "2x":
-		return 2, true
-	case "4x":
-		return 4, true
-	case "8x":
-		return 8, true
-	}
-	return 0, false
 }
 
 // timedWriter adds up the time spent writing, to tell the blob store's share from libvips'.

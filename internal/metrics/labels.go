@@ -24,11 +24,3 @@ func StatusCode(code int) string {
 	}
 	return strconv.Itoa(code)
 }
-
-// Known returns v when it is one of allowed, and "other" otherwise.
-func Known(v string, allowed map[string]bool) string {
-	if allowed[v] {
-		return v
-	}
-	return "other"
-}

@@ -5,7 +5,6 @@ package metrics
 
 import (
 	"context"
-	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -59,14 +58,6 @@ func NewAPI(reg prometheus.Registerer, rdb redis.UniversalClient, queues []strin
 	reg.MustRegister(m.HTTPDuration, m.HTTPInFlight, m.Outcomes, m.Cancels, m.CancelToAnswer,
 		&backlogCollector{rdb: rdb, queues: queues, pending: pendingKey, active: activeKey}, NewPoolCollector(rdb))
 	return m
-}
-
-// Reason strips the id from a reason ("no_input_image (42)" → "no_input_image"), so that labels stay bounded.
-func Reason(r string) string {
-	if i := strings.IndexByte(r, '('); i > 0 {
-		r = r[:i]
-	}
-	return strings.TrimSpace(r)
 }
 
 // backlogCollector exports pending and active tasks per queue, and whether Redis answered. It runs in

@@ -58,14 +58,3 @@ func TestRedisDownDoesNotFailTheScrape(t *testing.T) {
 		t.Fatalf("upsize_worker_concurrency = %v", v)
 	}
 }
-
-func TestReasonDropsTheID(t *testing.T) {
-	for in, want := range map[string]string{
-		"no_input_image (42)": "no_input_image", "premium_collection(7)": "premium_collection",
-		"unknown_model (x)": "unknown_model", "queue_full": "queue_full", "": "",
-	} {
-		if got := Reason(in); got != want {
-			t.Errorf("Reason(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
