@@ -1,11 +1,17 @@
-// Package app opens what both binaries share: configuration, JSON logger, libvips, the Redis client,
-// the blob store, the metadata store and the request registry.
+// Package app wires the service's parts from a configuration: Base (what both processes share), API (the
+// HTTP front door and its background loops) and Worker (the asynq server running upsize tasks). Both
+// mains and the test environment build the processes here, so that what is tested is what runs.
 package app
 
 import (
+	"context"
+	"errors"
 	"io"
 	"log/slog"
+	"sync"
+	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
 	"upsize/internal/blob"
@@ -25,21 +31,20 @@ type Base struct {
 	Blobs    *blob.FS
 	Store    *store.Store
 	Registry *cancel.Registry
+	Metrics  *prometheus.Registry // this process's
 }
 
-// Open reads the configuration of role ("api" or "worker") and opens the shared parts. defaultPool sizes
-// the Redis pool when REDIS_POOL_SIZE is unset.
-func Open(role string, getenv func(string) string, stdout io.Writer, defaultPool func(config.Config) int) (*Base, error) {
+// Open reads the configuration of role ("api" or "worker") from getenv, logs JSON to stdout, and opens
+// Redis and the blob store.
+func Open(role string, getenv func(string) string, stdout io.Writer) (*Base, error) {
 	cfg, err := config.Load(role, getenv)
 	if err != nil {
 		return nil, err
 	}
 	log := obs.NewLogger(stdout, cfg.LogLevel, role)
-	imageops.SetLogger(log)
-	imageops.Init(cfg.VipsConcurrency)
 	pool := cfg.RedisPoolSize
 	if pool == 0 {
-		pool = defaultPool(cfg)
+		pool = defaultPool(role, cfg)
 	}
 	rdb, err := redisconn.Open(cfg.RedisURL, pool)
 	if err != nil {
@@ -50,17 +55,66 @@ func Open(role string, getenv func(string) string, stdout io.Writer, defaultPool
 		rdb.Close()
 		return nil, err
 	}
+	return New(cfg, log, rdb, blobs), nil
+}
+
+// defaultPool sizes the Redis pool. The API's waiting upsizes hold no connection (one pub/sub connection
+// serves them all), so its pool is for short commands, sized for bursts of admissions; a worker needs a
+// few per running task.
+func defaultPool(role string, cfg config.Config) int {
+	if role == "worker" {
+		return 4*cfg.WorkerConcurrency + 16
+	}
+	return 256
+}
+
+// New assembles a Base from parts already open (the test environment brings its own Redis database and
+// blob directory). It also configures libvips for this process.
+func New(cfg config.Config, log *slog.Logger, rdb redis.UniversalClient, blobs *blob.FS) *Base {
+	imageops.SetLogger(log)
+	imageops.Init(cfg.VipsConcurrency)
 	return &Base{
-		Config: cfg,
-		Log:    log,
-		Redis:  rdb,
-		Blobs:  blobs,
-		Store:  store.New(rdb, store.DefaultKeys),
+		Config: cfg, Log: log, Redis: rdb, Blobs: blobs,
+		Store: store.New(rdb, store.DefaultKeys),
 		Registry: cancel.NewRegistry(rdb, store.DefaultKeys, cancel.Settings{
 			TTL: cfg.RequestTTL, MaxOpen: cfg.MaxQueuedPerUser, MaxTombstones: cfg.MaxTombstonesPerUser,
 		}),
-	}, nil
+		Metrics: obs.NewRegistry(),
+	}
 }
 
 // Close releases the Redis client.
 func (b *Base) Close() error { return b.Redis.Close() }
+
+// background is work that runs on a context of its own, which outlives the process's main one until
+// stop: listeners must keep working while the process drains.
+type background struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+func newBackground(ctx context.Context) *background {
+	c, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	return &background{ctx: c, cancel: cancel}
+}
+
+func (b *background) run(f func(ctx context.Context)) { b.wg.Go(func() { f(b.ctx) }) }
+
+// stop cancels the background work and waits for it.
+func (b *background) stop() {
+	b.cancel()
+	b.wg.Wait()
+}
+
+// waitReady waits until ready is closed, ctx ends, or within passes.
+func waitReady(ctx context.Context, ready <-chan struct{}, within time.Duration, what string) error {
+	select {
+	case <-ready:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(within):
+		return errors.New(what + " not ready after " + within.String())
+	}
+}

@@ -21,6 +21,7 @@ type Config struct {
 	WorkerPollInterval time.Duration // how often an idle worker asks Redis for a task
 	VipsConcurrency    int           // threads one libvips evaluation may use
 	ShutdownTimeout    time.Duration // worker: how long in-flight tasks may finish on SIGTERM
+	TaskRetryDelay     time.Duration // worker: first retry of a task that failed for a passing reason; doubles
 
 	UpsizeWaitTimeout time.Duration
 	MaxInputPixels    int64
@@ -41,6 +42,7 @@ type Config struct {
 	UploadMemory    int64
 	ValidateMemory  int64
 	ValidateTimeout time.Duration
+	UploadWait      time.Duration // how long an upload may wait for its share of memory before 503
 	MaxConnections  int64
 
 	// The janitor removes stale partial writes and image bytes without a record, older than JanitorGrace,

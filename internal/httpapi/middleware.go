@@ -17,15 +17,18 @@ import (
 	"upsize/internal/store"
 )
 
+// ctxKey is the type of this package's Gin context keys: no other package's key can collide with them.
+type ctxKey int
+
 // Gin context keys.
 const (
-	ctxUser      = "user"
-	ctxRequestID = "request_id"
-	ctxBadRID    = "request_id_malformed"
-	ctxReason    = "reason"
-	ctxErr       = "error"
-	ctxOutcome   = "outcome"
-	ctxBodyRead  = "body_read"
+	ctxUser      ctxKey = iota // store.User, set by apiKeyAuth
+	ctxRequestID               // the request id, set by requestID
+	ctxBadRID                  // true when X-Request-Id was malformed
+	ctxReason                  // the error reason answered, for logs and metrics
+	ctxErr                     // the error behind a 5xx, for the log
+	ctxOutcome                 // canceled or failed, for the upsize metrics
+	ctxBodyRead                // true once the body was read whole
 )
 
 func currentUser(c *gin.Context) store.User { return c.MustGet(ctxUser).(store.User) }

@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -11,17 +12,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hibiken/asynq"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/redis/go-redis/v9"
 
+	"upsize/internal/app"
 	"upsize/internal/blob"
 	"upsize/internal/cancel"
-	"upsize/internal/httpapi"
-	"upsize/internal/imageops"
+	"upsize/internal/config"
 	"upsize/internal/jobs"
-	"upsize/internal/metrics"
 	"upsize/internal/obs"
 	"upsize/internal/store"
 )
@@ -48,7 +47,8 @@ type Options struct {
 	GateWait         time.Duration         // default 5s
 }
 
-// Env is a whole service in one process on a Redis database of its own.
+// Env is a whole service in one process on a Redis database of its own, wired by package app as the
+// binaries are.
 type Env struct {
 	T          testing.TB
 	Opts       Options
@@ -63,6 +63,7 @@ type Env struct {
 	AdminToken string
 	Log        *slog.Logger
 	Metrics    *prometheus.Registry // the API's
+	Config     config.Config
 
 	mu      sync.Mutex
 	workers []*Worker
@@ -77,81 +78,71 @@ func Logger() *slog.Logger {
 	return obs.NewLogger(w, "debug", "test")
 }
 
+// config is the service's configuration for these options: SPEC's defaults, with what a test shortens.
+func (o Options) config(t testing.TB, rdb *redis.Client, blobDir string) config.Config {
+	t.Helper()
+	env := map[string]string{
+		"REDIS_URL": RedisURL(rdb), "BLOB_DIR": blobDir, "ADMIN_TOKEN": "test-admin-token",
+		"WORKER_CONCURRENCY": "2", "WORKER_POLL_INTERVAL": "2ms", "SHUTDOWN_TIMEOUT": "10s",
+		"TASK_RETRY_DELAY": "50ms", "UPSIZE_WAIT_TIMEOUT": "60s",
+	}
+	set := func(name string, v any, zero bool) {
+		if !zero {
+			env[name] = fmt.Sprint(v)
+		}
+	}
+	set("UPSIZE_WAIT_TIMEOUT", o.WaitTimeout, o.WaitTimeout == 0)
+	set("QUEUE_MAX_BACKLOG", o.QueueMaxBacklog, o.QueueMaxBacklog == 0)
+	set("MAX_INPUT_PIXELS", o.MaxInputPixels, o.MaxInputPixels == 0)
+	set("MAX_OUTPUT_PIXELS", o.MaxOutputPixels, o.MaxOutputPixels == 0)
+	set("WORKER_CONCURRENCY", o.Concurrency, o.Concurrency == 0)
+	set("WORKER_POLL_INTERVAL", o.PollInterval, o.PollInterval == 0)
+	set("MAX_QUEUED_PER_USER", o.MaxQueuedPerUser, false) // 0 (no limit) unless a test sets one
+	set("MAX_TOMBSTONES_PER_USER", o.MaxTombstones, o.MaxTombstones == 0)
+	set("BODY_TIMEOUT", o.BodyTimeout, o.BodyTimeout == 0)
+	set("UPLOAD_MEMORY", o.UploadMemory, o.UploadMemory == 0)
+	set("VALIDATE_MEMORY", o.ValidateMemory, o.ValidateMemory == 0)
+	set("VALIDATE_TIMEOUT", o.ValidateTimeout, o.ValidateTimeout == 0)
+	set("UPLOAD_WAIT", o.GateWait, o.GateWait == 0)
+	if o.UploadMemory != 0 && o.UploadMemory < 32<<20 {
+		env["MAX_UPLOAD_BYTES"] = fmt.Sprint(o.UploadMemory)
+	}
+	cfg, err := config.Load("api", func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatalf("test configuration: %v", err)
+	}
+	// Below config's minimum of 1 minute: tests of expiry need seconds.
+	cfg.RequestTTL = time.Hour
+	if o.RequestTTL != 0 {
+		cfg.RequestTTL = o.RequestTTL
+	}
+	return cfg
+}
+
 // New starts the API (and, unless NoWorker, one worker).
 func New(t testing.TB, o Options) *Env {
 	t.Helper()
-	imageops.Init(0)
-	if o.WaitTimeout == 0 {
-		o.WaitTimeout = 60 * time.Second
-	}
-	if o.QueueMaxBacklog == 0 {
-		o.QueueMaxBacklog = 10000
-	}
-	if o.MaxInputPixels == 0 {
-		o.MaxInputPixels = 50_000_000
-	}
-	if o.MaxOutputPixels == 0 {
-		o.MaxOutputPixels = 100_000_000
-	}
-	if o.Concurrency == 0 {
-		o.Concurrency = 2
-	}
-	if o.Upsize == nil {
-		o.Upsize = imageops.Upsize
-	}
-	if o.PollInterval == 0 {
-		o.PollInterval = 2 * time.Millisecond
-	}
-	if o.BodyTimeout == 0 {
-		o.BodyTimeout = 60 * time.Second
-	}
-	if o.UploadMemory == 0 {
-		o.UploadMemory = 128 << 20
-	}
-	if o.ValidateMemory == 0 {
-		o.ValidateMemory = 512 << 20
-	}
-	if o.ValidateTimeout == 0 {
-		o.ValidateTimeout = 30 * time.Second
-	}
-	if o.RequestTTL == 0 {
-		o.RequestTTL = time.Hour
-	}
 	rdb := Redis(t)
-	blobs, err := blob.NewFS(t.TempDir())
+	blobDir := t.TempDir()
+	cfg := o.config(t, rdb, blobDir)
+	log := Logger()
+	if o.LogTo != nil {
+		log = obs.NewLogger(o.LogTo, "debug", "test")
+	}
+	blobs, err := blob.NewFS(blobDir)
 	if err != nil {
 		t.Fatal(err)
 	}
+	base := app.New(cfg, log, rdb, blobs)
+	api := app.NewAPI(base)
+	api.Start(context.Background())
+	t.Cleanup(api.Stop)
+	waitReady(t, api.Hub.Ready())
 	e := &Env{
-		T: t, Opts: o, RDB: rdb, Store: store.New(rdb, store.DefaultKeys), Blobs: blobs,
-		Queue: jobs.NewQueue(rdb), AdminToken: "test-admin-token", Log: Logger(),
+		T: t, Opts: o, RDB: rdb, Store: base.Store, Registry: base.Registry, Hub: api.Hub, Queue: api.Queue,
+		Blobs: blobs, AdminToken: cfg.AdminToken, Log: log, Metrics: base.Metrics, Config: cfg,
 	}
-	if o.LogTo != nil {
-		e.Log = obs.NewLogger(o.LogTo, "debug", "test")
-	}
-	e.Registry = cancel.NewRegistry(rdb, store.DefaultKeys, cancel.Settings{TTL: o.RequestTTL, MaxOpen: o.MaxQueuedPerUser, MaxTombstones: o.MaxTombstones})
-	e.Hub = cancel.NewHub(rdb, e.Registry)
-	ctx, stop := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); e.Hub.Run(ctx) }()
-	t.Cleanup(func() { stop(); <-done })
-	waitReady(t, e.Hub.Ready())
-
-	e.Metrics = obs.NewRegistry()
-	h := httpapi.NewHandler(&httpapi.Deps{
-		Log: e.Log, Store: e.Store, Registry: e.Registry, Hub: e.Hub, Queue: e.Queue, Blobs: blobs,
-		Limits: httpapi.Limits{
-			MaxUploadBytes: 32 << 20, MaxInputPixels: o.MaxInputPixels, MaxOutputPixels: o.MaxOutputPixels,
-			QueueMaxBacklog: o.QueueMaxBacklog, WaitTimeout: o.WaitTimeout,
-			BodyTimeout: o.BodyTimeout, UploadMemory: o.UploadMemory, ValidateMemory: o.ValidateMemory,
-			ValidateTimeout: o.ValidateTimeout, GateWait: o.GateWait,
-		},
-		AdminToken:     e.AdminToken,
-		Ready:          func(ctx context.Context) error { return rdb.Ping(ctx).Err() },
-		MetricsHandler: obs.Handler(e.Metrics, e.Log),
-		Measure:        metrics.NewAPI(e.Metrics, rdb, jobs.Queues, jobs.PendingKey, jobs.ActiveKey),
-	})
-	e.Server = httptest.NewServer(h)
+	e.Server = httptest.NewServer(api.Handler)
 	t.Cleanup(e.Server.Close)
 	e.Client = &http.Client{Transport: newValidatingTransport(t, e.Server.URL, http.DefaultTransport), Timeout: 2 * time.Minute}
 	if !o.NoWorker {
@@ -169,41 +160,29 @@ func waitReady(t testing.TB, ready <-chan struct{}) {
 	}
 }
 
-// Worker is one asynq server running the processor, as cmd/worker does.
+// Worker is one worker process's parts, as cmd/worker runs them.
 type Worker struct {
-	Metrics   *prometheus.Registry
-	Server    *asynq.Server
-	Processor *jobs.Processor
-	Inflight  *cancel.Inflight
-	stop      func()
-	once      sync.Once
+	*app.Worker
+	Metrics *prometheus.Registry
+	once    sync.Once
 }
 
-// StartWorker starts a worker; it is stopped when the test ends.
+// StartWorker starts a worker on the environment's Redis and blobs; it is stopped when the test ends.
 func (e *Env) StartWorker() *Worker {
 	e.T.Helper()
-	w := &Worker{Inflight: cancel.NewInflight(e.RDB, e.Registry), Metrics: obs.NewRegistry()}
-	ctx, stop := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); w.Inflight.Run(ctx) }()
-	waitReady(e.T, w.Inflight.Ready())
-	w.Processor = &jobs.Processor{
-		Registry: e.Registry, Inflight: w.Inflight, Images: e.Store, Blobs: e.Blobs, Upsize: e.Opts.Upsize,
-		Encoding: imageops.DefaultEncoding, MaxInputPixels: e.Opts.MaxInputPixels, MaxOutputPixels: e.Opts.MaxOutputPixels,
-		Log: e.Log, Observe: e.Opts.Observe, Metrics: metrics.NewWorker(w.Metrics, e.RDB, e.Opts.Concurrency),
-	}
-	mux := asynq.NewServeMux()
-	mux.Handle(jobs.TypeUpsize, w.Processor)
-	w.Server = asynq.NewServerFromRedisClient(e.RDB, asynq.Config{
-		Concurrency: e.Opts.Concurrency, Queues: jobs.QueueWeights, TaskCheckInterval: e.Opts.PollInterval,
-		ShutdownTimeout: 10 * time.Second, Logger: obs.AsynqLogger{L: e.Log}, LogLevel: asynq.ErrorLevel,
-		RetryDelayFunc:           func(int, error, *asynq.Task) time.Duration { return 100 * time.Millisecond },
-		DelayedTaskCheckInterval: 100 * time.Millisecond,
-	})
-	if err := w.Server.Start(mux); err != nil {
+	blobs, err := blob.NewFS(e.Config.BlobDir)
+	if err != nil {
 		e.T.Fatal(err)
 	}
-	w.stop = func() { w.Server.Shutdown(); stop(); <-done }
+	base := app.New(e.Config, e.Log, e.RDB, blobs) // a process of its own: its own metrics
+	aw, err := app.NewWorker(base, app.WorkerOptions{Upsize: e.Opts.Upsize, Observe: e.Opts.Observe})
+	if err != nil {
+		e.T.Fatal(err)
+	}
+	if err := aw.Start(context.Background()); err != nil {
+		e.T.Fatal(err)
+	}
+	w := &Worker{Worker: aw, Metrics: base.Metrics}
 	e.mu.Lock()
 	e.workers = append(e.workers, w)
 	e.mu.Unlock()
@@ -212,7 +191,7 @@ func (e *Env) StartWorker() *Worker {
 }
 
 // Stop shuts the worker down (in-flight tasks get their shutdown timeout).
-func (w *Worker) Stop() { w.once.Do(w.stop) }
+func (w *Worker) Stop() { w.once.Do(w.Worker.Stop) }
 
 // Exposed gathers the metric families the API and every worker expose now, by name.
 func (e *Env) Exposed() map[string]*dto.MetricFamily {

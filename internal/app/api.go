@@ -1,0 +1,96 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"upsize/internal/cancel"
+	"upsize/internal/httpapi"
+	"upsize/internal/jobs"
+	"upsize/internal/metrics"
+	"upsize/internal/obs"
+)
+
+// API is the HTTP front door: its handler, the hub that wakes waiting upsizes, the queue, and the
+// sweeper that enqueues what a dead API admitted.
+type API struct {
+	Base    *Base
+	Handler http.Handler
+	Hub     *cancel.Hub
+	Queue   *jobs.Queue
+
+	bg          *background
+	draining    atomic.Bool
+	stopWaiting chan struct{}
+	stopOnce    sync.Once
+}
+
+// NewAPI wires the API from b's configuration.
+func NewAPI(b *Base) *API {
+	cfg := b.Config
+	a := &API{Base: b, Hub: cancel.NewHub(b.Redis, b.Registry), Queue: jobs.NewQueue(b.Redis), stopWaiting: make(chan struct{})}
+	a.Handler = httpapi.NewHandler(&httpapi.Deps{
+		Log: b.Log, Store: b.Store, Registry: b.Registry, Hub: a.Hub, Queue: a.Queue, Blobs: b.Blobs,
+		Limits: httpapi.Limits{
+			MaxUploadBytes: cfg.MaxUploadBytes, MaxInputPixels: cfg.MaxInputPixels, MaxOutputPixels: cfg.MaxOutputPixels,
+			QueueMaxBacklog: cfg.QueueMaxBacklog, WaitTimeout: cfg.UpsizeWaitTimeout,
+			BodyTimeout: cfg.BodyTimeout, UploadMemory: cfg.UploadMemory, ValidateMemory: cfg.ValidateMemory,
+			ValidateTimeout: cfg.ValidateTimeout, GateWait: cfg.UploadWait,
+		},
+		AdminToken:     cfg.AdminToken,
+		Ready:          a.ready,
+		StopWaiting:    a.stopWaiting,
+		MetricsHandler: obs.Handler(b.Metrics, b.Log),
+		Measure:        metrics.NewAPI(b.Metrics, b.Redis, jobs.Queues, jobs.PendingKey, jobs.ActiveKey),
+	})
+	return a
+}
+
+// sweepEvery and sweepAfter: an API that dies between reserving credits and enqueuing leaves a request
+// behind; any API finds it after sweepAfter.
+const (
+	sweepEvery = 10 * time.Second
+	sweepAfter = 30 * time.Second
+)
+
+// Start subscribes to outcomes and starts the sweeper. Readiness stays 503 until the subscription is up
+// (Hub.Ready), so an API started while Redis is away waits for it instead of exiting.
+func (a *API) Start(ctx context.Context) {
+	a.bg = newBackground(ctx)
+	log := a.Base.Log
+	a.bg.run(func(ctx context.Context) {
+		if err := a.Hub.Run(ctx); err != nil {
+			log.Error("outcome subscription ended", "err", err)
+		}
+	})
+	a.bg.run(func(ctx context.Context) { a.Queue.RunSweeper(ctx, a.Base.Registry, sweepEvery, sweepAfter, log) })
+}
+
+// Drain turns readiness to 503: load balancers stop sending.
+func (a *API) Drain() { a.draining.Store(true) }
+
+// StopWaiting makes every waiting upsize answer 202 now.
+func (a *API) StopWaiting() { a.stopOnce.Do(func() { close(a.stopWaiting) }) }
+
+// Stop ends the background work.
+func (a *API) Stop() {
+	if a.bg != nil {
+		a.bg.stop()
+	}
+}
+
+func (a *API) ready(ctx context.Context) error {
+	if a.draining.Load() {
+		return errors.New("draining")
+	}
+	select {
+	case <-a.Hub.Ready():
+	default:
+		return errors.New("not yet subscribed to outcomes")
+	}
+	return a.Base.Redis.Ping(ctx).Err()
+}

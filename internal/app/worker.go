@@ -1,0 +1,150 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/hibiken/asynq"
+
+	"upsize/internal/cancel"
+	"upsize/internal/imageops"
+	"upsize/internal/janitor"
+	"upsize/internal/jobs"
+	"upsize/internal/metrics"
+	"upsize/internal/obs"
+	"upsize/internal/store"
+)
+
+// Worker runs upsize tasks from asynq, and serves /healthz, /readyz and /metrics on Health.
+type Worker struct {
+	Base      *Base
+	Server    *asynq.Server
+	Processor *jobs.Processor
+	Inflight  *cancel.Inflight
+	Janitor   *janitor.Janitor
+	Health    http.Handler
+
+	mux      *asynq.ServeMux
+	bg       *background
+	draining atomic.Bool
+}
+
+// WorkerOptions are what a test may swap; zero values are production's.
+type WorkerOptions struct {
+	Upsize  jobs.UpsizeFunc       // default imageops.Upsize
+	Observe func(jobs.TaskReport) // sees every run of every task
+}
+
+// NewWorker wires a worker from b's configuration.
+func NewWorker(b *Base, o WorkerOptions) (*Worker, error) {
+	cfg := b.Config
+	if o.Upsize == nil {
+		o.Upsize = imageops.Upsize
+	}
+	w := &Worker{Base: b, Inflight: cancel.NewInflight(b.Redis, b.Registry)}
+	w.Processor = &jobs.Processor{
+		Registry: b.Registry, Inflight: w.Inflight, Images: b.Store, Blobs: b.Blobs, Upsize: o.Upsize,
+		Encoding: imageops.DefaultEncoding, MaxInputPixels: cfg.MaxInputPixels, MaxOutputPixels: cfg.MaxOutputPixels,
+		Log: b.Log, Metrics: metrics.NewWorker(b.Metrics, b.Redis, cfg.WorkerConcurrency), Observe: o.Observe,
+	}
+	// Stale partial writes and bytes without a record (crashes between the two) are removed by one
+	// janitor at a time across the workers.
+	jan, err := janitor.New(b.Redis, store.DefaultKeys, b.Blobs,
+		janitor.Config{Interval: cfg.JanitorInterval, Grace: cfg.JanitorGrace}, b.Log, metrics.NewJanitor(b.Metrics))
+	if err != nil {
+		return nil, err
+	}
+	w.Janitor = jan
+	w.mux = asynq.NewServeMux()
+	w.mux.Handle(jobs.TypeUpsize, w.Processor)
+	retry := cfg.TaskRetryDelay
+	w.Server = asynq.NewServerFromRedisClient(b.Redis, asynq.Config{
+		Concurrency: cfg.WorkerConcurrency,
+		Queues:      jobs.QueueWeights,
+		// asynq polls idle queues; its default of 1 s would add ~0.5-1 s to every request.
+		TaskCheckInterval: cfg.WorkerPollInterval,
+		ShutdownTimeout:   cfg.ShutdownTimeout,
+		// Passing failures (Redis, disk) are retried soon (asynq's default waits minutes), and retries
+		// are looked for at least as often as they fall due.
+		RetryDelayFunc:           func(n int, _ error, _ *asynq.Task) time.Duration { return retry << min(n, 5) },
+		DelayedTaskCheckInterval: min(max(retry/2, 10*time.Millisecond), 5*time.Second),
+		Logger:                   obs.AsynqLogger{L: b.Log},
+		LogLevel:                 asynq.WarnLevel,
+	})
+	w.Health = w.healthHandler()
+	return w, nil
+}
+
+// Start listens for cancels, then takes tasks (only once cancels are heard, so that no cancel of a
+// running task is missed), and starts the janitor.
+func (w *Worker) Start(ctx context.Context) error {
+	w.bg = newBackground(ctx)
+	log := w.Base.Log
+	w.bg.run(func(ctx context.Context) {
+		if err := w.Inflight.Run(ctx); err != nil {
+			log.Error("cancel subscription ended", "err", err)
+		}
+	})
+	if err := waitReady(ctx, w.Inflight.Ready(), 30*time.Second, "cancel subscription"); err != nil {
+		w.bg.stop()
+		return err
+	}
+	if err := w.Server.Start(w.mux); err != nil {
+		w.bg.stop()
+		return err
+	}
+	w.bg.run(w.Janitor.Run)
+	return nil
+}
+
+// Stop stops taking tasks and waits up to SHUTDOWN_TIMEOUT for running ones; asynq hands the rest back
+// to the queue.
+func (w *Worker) Stop() {
+	w.draining.Store(true)
+	w.Server.Shutdown()
+	if w.bg != nil {
+		w.bg.stop()
+	}
+}
+
+func (w *Worker) ready() error {
+	if w.draining.Load() {
+		return errors.New("draining")
+	}
+	select {
+	case <-w.Inflight.Ready():
+	default:
+		return errors.New("not yet subscribed to cancels")
+	}
+	return w.Server.Ping()
+}
+
+func (w *Worker) healthHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(rw http.ResponseWriter, _ *http.Request) { writeStatus(rw, nil) })
+	mux.HandleFunc("GET /readyz", func(rw http.ResponseWriter, _ *http.Request) { writeStatus(rw, w.ready()) })
+	mux.Handle("GET /metrics", obs.Handler(w.Base.Metrics, w.Base.Log))
+	mux.HandleFunc("/", func(rw http.ResponseWriter, _ *http.Request) {
+		// Every answer is JSON, as the API's: the error envelope.
+		rw.Header().Set("Content-Type", "application/json")
+		rw.Header().Set("X-Content-Type-Options", "nosniff")
+		rw.WriteHeader(http.StatusNotFound)
+		fmt.Fprintln(rw, `{"success":false,"code":404,"data":"not_found"}`)
+	})
+	return mux
+}
+
+func writeStatus(w http.ResponseWriter, err error) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	if err != nil {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintf(w, "{\"status\":\"unavailable\",\"reason\":%q}\n", err.Error())
+		return
+	}
+	fmt.Fprintln(w, `{"status":"ok"}`)
+}
