@@ -9,14 +9,14 @@ import (
 	"testing"
 	"time"
 
-	"upsize/internal/testenv"
+	"upsize/internal/testredis"
 )
 
 // run is the whole binary: it starts on a free port, serves, and stops cleanly when its context ends.
 func TestRunServesAndStops(t *testing.T) {
-	rdb := testenv.Redis(t)
+	rdb := testredis.Redis(t)
 	env := map[string]string{
-		"REDIS_URL": testenv.RedisURL(rdb), "HTTP_ADDR": "127.0.0.1:0", "BLOB_DIR": t.TempDir(),
+		"REDIS_URL": testredis.RedisURL(rdb), "HTTP_ADDR": "127.0.0.1:0", "BLOB_DIR": t.TempDir(),
 		"ADMIN_TOKEN": "t", "DRAIN_TIMEOUT": "2s",
 	}
 	ctx, stop := context.WithCancel(context.Background())

@@ -23,7 +23,7 @@ import (
 	"upsize/internal/jobs"
 	"upsize/internal/metrics"
 	"upsize/internal/obs"
-	"upsize/internal/testenv"
+	"upsize/internal/testredis"
 )
 
 // What UpsizeRedisUnreachable and the dashboard rely on, with the service's own collectors served as
@@ -39,7 +39,7 @@ func TestRedisDown(t *testing.T) {
 	ln.Close() // nothing listens there now: connections are refused, as when Redis is down
 	dead := redis.NewClient(&redis.Options{Addr: addr, DialTimeout: 100 * time.Millisecond})
 	t.Cleanup(func() { dead.Close() })
-	live := testenv.Redis(t)
+	live := testredis.Redis(t)
 
 	// Each registry is filled alike, so that a family missing with Redis down is one the outage took.
 	apiReg := func(rdb redis.UniversalClient) *prometheus.Registry {

@@ -13,7 +13,7 @@ import (
 
 	"upsize/internal/cancel"
 	"upsize/internal/store"
-	"upsize/internal/testenv"
+	"upsize/internal/testredis"
 )
 
 type fixture struct {
@@ -26,7 +26,7 @@ type fixture struct {
 }
 
 func setup(t *testing.T, credits int64) *fixture {
-	rdb := testenv.Redis(t)
+	rdb := testredis.Redis(t)
 	f := &fixture{rdb: rdb, st: store.New(rdb, store.DefaultKeys), reg: cancel.NewRegistry(rdb, store.DefaultKeys, cancel.Settings{TTL: time.Hour}), ctx: context.Background()}
 	var err error
 	f.user, err = f.st.CreateUser(f.ctx, store.UserPatch{Credits: &credits})

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"upsize/internal/testenv"
+	"upsize/internal/testredis"
 )
 
 var bin string
@@ -115,10 +116,10 @@ type service struct {
 }
 
 func newService(t *testing.T) *service {
-	rdb := testenv.Redis(t)
+	rdb := testredis.Redis(t)
 	token := "e2e-admin"
 	return &service{t: t, token: token, env: map[string]string{
-		"REDIS_URL": testenv.RedisURL(rdb), "BLOB_DIR": t.TempDir(), "ADMIN_TOKEN": token, "LOG_LEVEL": "info",
+		"REDIS_URL": testredis.RedisURL(rdb), "BLOB_DIR": t.TempDir(), "ADMIN_TOKEN": token, "LOG_LEVEL": "info",
 	}}
 }
 

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"upsize/internal/testimg"
 )
 
 // photoLike is a synthetic stand-in for a photograph: smooth shading, hard edges and a little grain,
@@ -203,4 +205,40 @@ func BenchmarkWorstCaseTask(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(out.n)/1e6, "MB/result")
+}
+
+// BenchmarkScanLimitWorstCase is what MaxJPEGScans lets a JPEG cost: at 50 MP (7071x7071, flat, so the
+// whole file fits an upload), Validate of libjpeg's standard 10-scan progression, then of the same
+// image with MaxJPEGScans scans, the extra ones repeated AC scans (ScanBomb) or DC scans (DCScanBomb,
+// the costliest). Reported: CPU ms per decode (the process's CPU time: the figure that holds on a
+// loaded machine) and the file size.
+//
+//	go test -run '^$' -bench ScanLimitWorstCase -benchtime 1x ./internal/imageops/
+func BenchmarkScanLimitWorstCase(b *testing.B) {
+	const side = 7071
+	base := testimg.Scans(testimg.ProgressiveJPEG(8, 8, true))
+	for _, c := range []struct {
+		name string
+		make func() []byte
+	}{
+		{"10-scans", func() []byte { return testimg.ProgressiveJPEG(side, side, true) }},
+		{"limit-AC-scans", func() []byte { return testimg.ScanBomb(side, side, MaxJPEGScans-base) }},
+		{"limit-DC-scans", func() []byte { return testimg.DCScanBomb(side, side, MaxJPEGScans-base) }},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			src := c.make()
+			if n := testimg.Scans(src); n > MaxJPEGScans {
+				b.Fatalf("%d scans", n)
+			}
+			b.ResetTimer()
+			cpu := cpuTime(b)
+			for i := 0; i < b.N; i++ {
+				if err := Validate(context.Background(), src, nil); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64((cpuTime(b)-cpu).Milliseconds())/float64(b.N), "cpu-ms/decode")
+			b.ReportMetric(float64(len(src))/1e6, "MB/file")
+		})
+	}
 }

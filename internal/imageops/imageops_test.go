@@ -379,7 +379,7 @@ func TestCorruptImage(t *testing.T) {
 	if _, err := Probe(bad); err != nil {
 		t.Fatalf("Probe of a valid header: %v", err)
 	}
-	if err := Validate(bad); !errors.Is(err, ErrInvalidImage) {
+	if err := Validate(context.Background(), bad, nil); !errors.Is(err, ErrInvalidImage) {
 		t.Fatalf("Validate = %v, want ErrInvalidImage", err)
 	}
 	if _, err := Upsize(context.Background(), bad, io.Discard, Params{Scale: 2, Kernel: "lanczos3"}); !errors.Is(err, ErrInvalidImage) {
@@ -387,10 +387,10 @@ func TestCorruptImage(t *testing.T) {
 	}
 	// A truncated JPEG is refused too, not filled with grey.
 	j := encJPEG(t, noise(64, 64, 3), 90)
-	if err := Validate(j[:len(j)/2]); !errors.Is(err, ErrInvalidImage) {
+	if err := Validate(context.Background(), j[:len(j)/2], nil); !errors.Is(err, ErrInvalidImage) {
 		t.Fatalf("Validate(truncated JPEG) = %v, want ErrInvalidImage", err)
 	}
-	if err := Validate(j); err != nil {
+	if err := Validate(context.Background(), j, nil); err != nil {
 		t.Fatalf("Validate(good JPEG) = %v", err)
 	}
 }
@@ -479,7 +479,7 @@ func TestLibvipsMessagesGoToTheLogger(t *testing.T) {
 	SetLogger(slog.New(slog.NewJSONHandler(&buf, nil)))
 	defer SetLogger(nil)
 	j := encJPEG(t, noise(64, 64, 3), 90)
-	Validate(j[:len(j)/2])
+	Validate(context.Background(), j[:len(j)/2], nil)
 	if !strings.Contains(buf.String(), `"msg":"libvips"`) {
 		t.Fatalf("no libvips line in the log: %q", buf.String())
 	}

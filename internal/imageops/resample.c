@@ -110,6 +110,12 @@ static int grow(void **p, size_t *cap, size_t want) {
 #define ROUND_USHORT(v) ((unsigned short) ((v) <= 0 ? 0 : (v) >= 65535 ? 65535 : (int) ((v) + 0.5f)))
 #define ROUND_FLOAT(v) (v)
 
+/* Reading another format's pixels as floats would be garbage: refuse, never assume. */
+static int unsupported(VipsBandFormat fmt) {
+	vips_error("upsize", "the resampler does not handle band format %d", (int) fmt);
+	return -1;
+}
+
 static int gen(VipsRegion *or, void *vseq, void *a, void *b, gboolean *stop) {
 	Seq *seq = (Seq *) vseq;
 	const Resample *r = (const Resample *) b;
@@ -141,7 +147,8 @@ static int gen(VipsRegion *or, void *vseq, void *a, void *b, gboolean *stop) {
 		switch (r->fmt) {
 		case VIPS_FORMAT_UCHAR: HPASS(unsigned char); break;
 		case VIPS_FORMAT_USHORT: HPASS(unsigned short); break;
-		default: HPASS(float); break;
+		case VIPS_FORMAT_FLOAT: HPASS(float); break;
+		default: return unsupported(r->fmt);
 		}
 	}
 
@@ -155,7 +162,8 @@ static int gen(VipsRegion *or, void *vseq, void *a, void *b, gboolean *stop) {
 		switch (r->fmt) {
 		case VIPS_FORMAT_UCHAR: VPASS(unsigned char, ROUND_UCHAR); break;
 		case VIPS_FORMAT_USHORT: VPASS(unsigned short, ROUND_USHORT); break;
-		default: VPASS(float, ROUND_FLOAT); break;
+		case VIPS_FORMAT_FLOAT: VPASS(float, ROUND_FLOAT); break;
+		default: return unsupported(r->fmt);
 		}
 	}
 	return 0;
@@ -172,6 +180,8 @@ int up_resample_runs(void) { return g_atomic_int_get(&runs); }
 
 int up_resample(VipsObject *owner, VipsImage *in, VipsImage **out, int s, int cubic) {
 	g_atomic_int_inc(&runs);
+	if (!up_resample_supported(in))
+		return unsupported(in->BandFmt);
 	if ((gint64) in->Xsize * s > VIPS_MAX_COORD || (gint64) in->Ysize * s > VIPS_MAX_COORD) {
 		vips_error("upsize", "output of %dx%d at %dx is too large", in->Xsize, in->Ysize, s);
 		return -1;

@@ -1,3 +1,4 @@
+#include <errno.h>
 #include <malloc.h>
 #include <string.h>
 #include <stdlib.h>
@@ -7,10 +8,16 @@
 #include "resample.h"
 #include "_cgo_export.h"
 
-/* libvips reports damaged input and the like through GLib's log; send it to the service's JSON log
- * instead of raw text on stderr. */
+/* The logger handle of the evaluation this thread is working for (0: none). libvips logs from its
+ * worker threads, not from the thread that called it, so the handle travels with the work: the calling
+ * thread sets it for the whole call, and the stage below sets it on a worker thread while that thread
+ * computes a tile for the evaluation (decode included). */
+static _Thread_local uintptr_t log_tag;
+
+/* libvips reports damaged input and the like through GLib's log; send it to the service's JSON log,
+ * with the logger of the call the message belongs to, instead of raw text on stderr. */
 static void log_cb(const gchar *domain, GLogLevelFlags level, const gchar *message, gpointer user) {
-	upGoLog((int) (level & G_LOG_LEVEL_MASK), (char *) message);
+	upGoLog((int) (level & G_LOG_LEVEL_MASK), (char *) message, log_tag);
 }
 
 void up_init(int vips_concurrency) {
@@ -36,13 +43,152 @@ static char *take_error(const char *what) {
 	return s;
 }
 
-/* Called by libvips as the sink computes the output; a set kill flag stops the evaluation at the next
- * tile, which frees the threads and the CPU. */
-static void eval_cb(VipsImage *image, VipsProgress *progress, void *user) {
-	volatile int *kill = (volatile int *) user;
-	if (kill && *kill)
-		vips_image_set_kill(image, TRUE);
+static int killed(const up_input *in) { return in->kill && *in->kill; }
+
+/* ---- The killable source ----
+ *
+ * JPEG and PNG load from a custom source over the bytes instead of libvips' memory source, because
+ * their decoders can run for seconds inside one tile: libjpeg consumes every scan of a progressive or
+ * multi-scan JPEG inside jpeg_start_decompress, libpng decodes an interlaced PNG whole, both before the
+ * first tile is done. Both decoders come back to the source for every few KB of input, and a read that
+ * fails makes them stop with an error (jpeg2vips.c: ERREXIT under fail_on=error; vipspng.c:
+ * png_error). So once the kill flag is set the source fails every read. A scan whose data is a few
+ * bytes can still cost a whole pass over the image (a flat image's EOB runs), so a read never goes past
+ * the next SOS marker: libjpeg must ask again, and the flag is seen, before each scan. */
+typedef struct {
+	const unsigned char *buf;
+	gint64 len, pos;
+	const int64_t *sos;
+	int nsos;
+	volatile int *kill;
+} Feed;
+
+static gint64 feed_read(VipsSourceCustom *source, void *data, gint64 length, Feed *f) {
+	if (f->kill && *f->kill) {
+		errno = ECANCELED;
+		return -1;
+	}
+	gint64 n = VIPS_MIN(length, f->len - f->pos);
+	if (n <= 0)
+		return 0;
+	/* The first SOS marker after pos (seeks may move pos back: search, do not remember). */
+	int lo = 0, hi = f->nsos;
+	while (lo < hi) {
+		int mid = (lo + hi) / 2;
+		if (f->sos[mid] <= f->pos)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (lo < f->nsos)
+		n = VIPS_MIN(n, f->sos[lo] - f->pos);
+	memcpy(data, f->buf + f->pos, n);
+	f->pos += n;
+	return n;
 }
+
+/* Seekable, so libvips knows the length and never buffers the source itself. */
+static gint64 feed_seek(VipsSourceCustom *source, gint64 offset, int whence, Feed *f) {
+	gint64 p;
+	switch (whence) {
+	case SEEK_SET: p = offset; break;
+	case SEEK_CUR: p = f->pos + offset; break;
+	case SEEK_END: p = f->len + offset; break;
+	default: return -1;
+	}
+	if (p < 0 || p > f->len)
+		return -1;
+	f->pos = p;
+	return p;
+}
+
+/* What a load keeps beside its image: for JPEG and PNG, the source and its state. */
+typedef struct {
+	Feed feed;
+	VipsSourceCustom *source;
+} Load;
+
+/* load starts the loader for the sniffed format (no sniffing here: Go did it). fail_on error turns a
+ * damaged file into an error instead of grey pixels. WebP stays on the buffer loader: libvips decodes
+ * a frame with one WebPDecode call over the whole buffer, which no source can interrupt (measured: 1.5 s
+ * for a 28 MB lossy 16383x3051 noise image, the worst that fits an upload; 0.1 s flat; 0.3 s for
+ * 13 MB of lossless noise). */
+static VipsImage *load(const void *buf, size_t len, const up_input *in, Load *l) {
+	VipsImage *out = NULL;
+	VipsAccess access = in->sequential ? VIPS_ACCESS_SEQUENTIAL : VIPS_ACCESS_RANDOM;
+	if (in->format == UP_WEBP) {
+		if (vips_webpload_buffer((void *) buf, len, &out, "access", access, "fail_on", VIPS_FAIL_ON_ERROR, NULL))
+			return NULL;
+		return out;
+	}
+	l->feed = (Feed) {.buf = buf, .len = (gint64) len, .sos = in->sos, .nsos = in->nsos, .kill = in->kill};
+	l->source = vips_source_custom_new();
+	g_signal_connect(l->source, "read", G_CALLBACK(feed_read), &l->feed);
+	g_signal_connect(l->source, "seek", G_CALLBACK(feed_seek), &l->feed);
+	int r;
+	if (in->format == UP_JPEG)
+		r = vips_jpegload_source(VIPS_SOURCE(l->source), &out, "access", access, "fail_on", VIPS_FAIL_ON_ERROR, NULL);
+	else if (in->format == UP_PNG)
+		r = vips_pngload_source(VIPS_SOURCE(l->source), &out, "access", access, "fail_on", VIPS_FAIL_ON_ERROR, NULL);
+	else {
+		vips_error("upsize", "unknown input format %d", in->format);
+		r = -1;
+	}
+	return r ? NULL : out;
+}
+
+/* load_done detaches the source from Go's bytes: after this nothing can read them, even if libvips
+ * still held a reference to the source. */
+static void load_done(Load *l) {
+	if (!l->source)
+		return;
+	g_signal_handlers_disconnect_by_data(l->source, &l->feed);
+	g_object_unref(l->source);
+	l->source = NULL;
+}
+
+/* ---- The stage ----
+ *
+ * A pass-through at the end of the pipeline: every tile of the evaluation is asked of it, on whatever
+ * thread computes it, and everything upstream of that tile (decode included) runs inside its generate.
+ * It sets the thread's log tag for that time and refuses tiles once the call is killed. It hands out
+ * its input's pixels without copying (vips_region_region), so its cost is a function call per tile. */
+typedef struct {
+	uintptr_t log;
+	volatile int *kill;
+} Stage;
+
+static int stage_gen(VipsRegion *or, void *seq, void *a, void *b, gboolean *stop) {
+	VipsRegion *ir = (VipsRegion *) seq;
+	const Stage *st = (const Stage *) b;
+	const VipsRect *r = &or->valid;
+	if (st->kill && *st->kill) {
+		vips_error("upsize", "%s", "canceled");
+		return -1;
+	}
+	uintptr_t saved = log_tag;
+	log_tag = st->log;
+	int fail = vips_region_prepare(ir, r) || vips_region_region(or, ir, r, r->left, r->top);
+	log_tag = saved;
+	return fail ? -1 : 0;
+}
+
+static void stage_free(VipsImage *image, Stage *st) { g_free(st); }
+
+static int stage(VipsImage *in, VipsImage **out, const up_input *inp) {
+	Stage *st = g_new(Stage, 1);
+	st->log = inp->log;
+	st->kill = inp->kill;
+	*out = vips_image_new();
+	g_signal_connect(*out, "close", G_CALLBACK(stage_free), st);
+	/* ANY: the input's demand style decides, as if the stage were not there. */
+	if (vips_image_pipelinev(*out, VIPS_DEMAND_STYLE_ANY, in, NULL) ||
+		vips_image_generate(*out, vips_start_one, stage_gen, vips_stop_one, in, st))
+		return -1;
+	return 0;
+}
+
+/* ---- Upsize ---- */
 
 static gint64 write_cb(VipsTargetCustom *target, const void *data, gint64 length, void *user) {
 	return upGoWrite((uintptr_t) user, (void *) data, (long long) length);
@@ -85,8 +231,8 @@ static int upsample(VipsObject *owner, VipsImage *in, VipsImage **out, int s, in
 	return r;
 }
 
-static int save(VipsImage *img, VipsTarget *target, const up_params *p) {
-	switch (p->format) {
+static int save(VipsImage *img, VipsTarget *target, int format, const up_params *p) {
+	switch (format) {
 	case UP_JPEG:
 		return vips_jpegsave_target(img, target, "Q", p->jpeg_q, "strip", p->strip, NULL);
 	case UP_PNG:
@@ -97,21 +243,24 @@ static int save(VipsImage *img, VipsTarget *target, const up_params *p) {
 	case UP_WEBP:
 		return vips_webpsave_target(img, target, "Q", p->webp_q, "effort", p->webp_effort, "strip", p->strip, NULL);
 	}
-	vips_error("upsize", "unknown output format %d", p->format);
+	vips_error("upsize", "unknown output format %d", format);
 	return -1;
 }
 
-int up_upsize(const void *buf, size_t len, const up_params *p, int *out_w, int *out_h, char **err) {
+int up_upsize(const void *buf, size_t len, const up_input *in, const up_params *p, int *out_w, int *out_h, char **err) {
 	int result = -1;
+	uintptr_t saved_tag = log_tag;
+	log_tag = in->log; /* the header read and the save's set-up run on this thread */
 	VipsImage *base = vips_image_new();
-	VipsImage **t = (VipsImage **) vips_object_local_array(VIPS_OBJECT(base), 3);
+	VipsImage **t = (VipsImage **) vips_object_local_array(VIPS_OBJECT(base), 4);
 	VipsTargetCustom *target = NULL;
+	Load l = {0};
 
-	/* fail_on error turns a damaged file into an error instead of grey pixels. */
-	t[0] = vips_image_new_from_buffer(buf, len, "",
-		"access", p->sequential ? VIPS_ACCESS_SEQUENTIAL : VIPS_ACCESS_RANDOM, "fail_on", VIPS_FAIL_ON_ERROR, NULL);
-	if (!t[0]) {
-		*err = take_error("load");
+	/* Rotated images load with random access: libvips then decodes the whole image in a pool of its
+	 * own threads, which the stage does not reach (their messages go to the global logger; the
+	 * source still stops them when killed). */
+	if (!(t[0] = load(buf, len, in, &l))) {
+		*err = take_error(killed(in) ? "canceled" : "load");
 		goto done;
 	}
 	if (vips_autorot(t[0], &t[1], NULL)) {
@@ -122,47 +271,64 @@ int up_upsize(const void *buf, size_t len, const up_params *p, int *out_w, int *
 		*err = take_error("upsample");
 		goto done;
 	}
-
-	vips_image_set_progress(t[2], TRUE);
-	g_signal_connect(t[2], "eval", G_CALLBACK(eval_cb), (void *) p->kill);
+	if (stage(t[2], &t[3], in)) {
+		*err = take_error("stage");
+		goto done;
+	}
 
 	target = vips_target_custom_new();
 	g_signal_connect(target, "write", G_CALLBACK(write_cb), (void *) p->sink);
-	if (save(t[2], VIPS_TARGET(target), p)) {
+	if (save(t[3], VIPS_TARGET(target), p->format, p)) {
 		*err = take_error("save");
 		goto done;
 	}
-	*out_w = t[2]->Xsize;
-	*out_h = t[2]->Ysize;
+	*out_w = t[3]->Xsize;
+	*out_h = t[3]->Ysize;
 	result = 0;
 
 done:
 	if (target)
 		g_object_unref(target);
 	g_object_unref(base);
+	load_done(&l);
 	/* libvips keeps per-thread buffers; this goroutine's OS thread may never come back to libvips. */
 	vips_thread_shutdown();
+	log_tag = saved_tag;
 	return result;
 }
 
-int up_validate(const void *buf, size_t len, char **err) {
+/* ---- Validate ---- */
+
+int up_validate(const void *buf, size_t len, const up_input *in, char **err) {
 	int result = -1;
+	uintptr_t saved_tag = log_tag;
+	log_tag = in->log;
 	double avg;
-	VipsImage *img = vips_image_new_from_buffer(buf, len, "",
-		"access", VIPS_ACCESS_SEQUENTIAL, "fail_on", VIPS_FAIL_ON_ERROR, NULL);
+	Load l = {0};
+	VipsImage *staged = NULL;
+	VipsImage *img = load(buf, len, in, &l);
 	if (!img) {
-		*err = take_error("load");
+		*err = take_error(killed(in) ? "canceled" : "load");
 		goto done;
 	}
-	/* vips_avg touches every pixel in one streaming pass: constant memory whatever the size. */
-	if (vips_avg(img, &avg, NULL)) {
+	if (stage(img, &staged, in)) {
+		*err = take_error("stage");
+		goto done;
+	}
+	/* vips_avg touches every pixel in one streaming pass: constant memory whatever the size (beyond
+	 * what the decoder itself holds: Info.DecodeBytes). */
+	if (vips_avg(staged, &avg, NULL)) {
 		*err = take_error("decode");
 		goto done;
 	}
 	result = 0;
 done:
+	if (staged)
+		g_object_unref(staged);
 	if (img)
 		g_object_unref(img);
+	load_done(&l);
 	vips_thread_shutdown();
+	log_tag = saved_tag;
 	return result;
 }

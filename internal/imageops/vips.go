@@ -32,8 +32,13 @@ var logger atomic.Pointer[slog.Logger]
 func SetLogger(l *slog.Logger) { logger.Store(l) }
 
 //export upGoLog
-func upGoLog(level C.int, msg *C.char) {
+func upGoLog(level C.int, msg *C.char, tag C.uintptr_t) {
+	// tag is the handle of the logger of the call the message belongs to, when libvips emitted it on
+	// a thread working for one (upsize.c, log_tag).
 	l := logger.Load()
+	if tag != 0 {
+		l = cgo.Handle(tag).Value().(*slog.Logger)
+	}
 	if l == nil {
 		return
 	}
@@ -85,12 +90,65 @@ func upGoWrite(h C.uintptr_t, data unsafe.Pointer, n C.longlong) C.longlong {
 
 var formatCodes = map[Format]C.int{JPEG: C.UP_JPEG, PNG: C.UP_PNG, WebP: C.UP_WEBP}
 
+// call is what one C call needs beside the bytes: the kill flag and the scan offsets in C memory
+// (libvips threads read them while Go may move its own memory), the logger's handle.
+type call struct {
+	in     C.up_input
+	killed atomic.Bool
+	stop   func() bool
+	fired  chan struct{} // closed once the kill has been stored
+	logH   cgo.Handle
+}
+
+// newCall prepares a call on an input of format f. The kill flag is set when ctx is done; the caller
+// must call free.
+func newCall(ctx context.Context, f Format, layout *jpegLayout, sequential bool, log *slog.Logger) *call {
+	c := &call{}
+	c.in.format = formatCodes[f]
+	c.in.sequential = boolC(sequential)
+	kill := (*C.int)(C.calloc(1, C.size_t(unsafe.Sizeof(C.int(0)))))
+	c.in.kill = kill
+	if n := len(layout.sos); n > 0 {
+		sos := unsafe.Slice((*C.int64_t)(C.malloc(C.size_t(n)*C.size_t(unsafe.Sizeof(C.int64_t(0))))), n)
+		for i, o := range layout.sos {
+			sos[i] = C.int64_t(o)
+		}
+		c.in.sos, c.in.nsos = &sos[0], C.int(n)
+	}
+	if log != nil {
+		c.logH = cgo.NewHandle(log)
+		c.in.log = C.uintptr_t(c.logH)
+	}
+	c.fired = make(chan struct{})
+	c.stop = context.AfterFunc(ctx, func() {
+		defer close(c.fired)
+		c.killed.Store(true)
+		atomic.StoreInt32((*int32)(unsafe.Pointer(kill)), 1)
+	})
+	return c
+}
+
+func (c *call) free() {
+	if !c.stop() {
+		<-c.fired // the kill is being stored: the flag must outlive it
+	}
+	C.free(unsafe.Pointer(c.in.kill))
+	if c.in.sos != nil {
+		C.free(unsafe.Pointer(c.in.sos))
+	}
+	if c.logH != 0 {
+		c.logH.Delete()
+	}
+}
+
 // Upsize enlarges src by p.Scale and streams the encoded result, in src's format, into dst.
 //
 // Limits are checked from the header before anything is decoded. When ctx is done the libvips
-// evaluation is aborted at its next tile and Upsize returns ctx.Err().
+// evaluation is aborted, decode included: at the decoder's next read of input (every 4 KB, and before
+// every JPEG scan) or the next tile, whichever comes first; a WebP frame decodes in one call that
+// cannot be interrupted. Upsize then returns ctx.Err().
 func Upsize(ctx context.Context, src []byte, dst io.Writer, p Params) (Result, error) {
-	info, err := Probe(src)
+	info, layout, err := probe(src)
 	if err != nil {
 		return Result{}, err
 	}
@@ -111,45 +169,39 @@ func Upsize(ctx context.Context, src []byte, dst io.Writer, p Params) (Result, e
 		return Result{}, err
 	}
 
-	// The kill flag lives in C memory: libvips threads read it while Go may move its own memory.
-	kill := (*C.int)(C.calloc(1, C.size_t(unsafe.Sizeof(C.int(0)))))
-	defer C.free(unsafe.Pointer(kill))
-	var killed atomic.Bool
-	stop := context.AfterFunc(ctx, func() {
-		killed.Store(true)
-		atomic.StoreInt32((*int32)(unsafe.Pointer(kill)), 1)
-	})
-	defer stop()
-
-	s := &sink{w: dst, killed: &killed}
+	c := newCall(ctx, info.Format, &layout, info.Orientation <= 1, p.Log)
+	defer c.free()
+	s := &sink{w: dst, killed: &c.killed}
 	h := cgo.NewHandle(s)
 	defer h.Delete()
 
+	out := info.Format
+	if p.output != "" {
+		out = p.output
+	}
 	e := p.Encoding
 	cp := C.up_params{
+		format:       formatCodes[out],
 		scale:        C.int(p.Scale),
 		interp:       C.int(interp),
-		format:       formatCodes[info.Format],
 		jpeg_q:       C.int(e.JPEGQuality),
 		png_level:    C.int(e.PNGLevel),
 		png_adaptive: boolC(e.PNGAdaptive),
 		webp_q:       C.int(e.WebPQuality),
 		webp_effort:  C.int(e.WebPEffort),
 		strip:        boolC(e.StripMetadata),
-		affine:       boolC(p.path == pathAffine || (p.path == pathAuto && info.Format == PNG)),
-		sequential:   boolC(info.Orientation <= 1),
-		kill:         kill,
+		affine:       boolC(p.path == pathAffine || (p.path == pathAuto && out == PNG)),
 		sink:         C.uintptr_t(h),
 	}
 	var w, hgt C.int
 	var cerr *C.char
 	// src stays referenced by this frame, so the GC keeps it alive for the whole C call.
-	rc := C.up_upsize(unsafe.Pointer(unsafe.SliceData(src)), C.size_t(len(src)), &cp, &w, &hgt, &cerr)
+	rc := C.up_upsize(unsafe.Pointer(unsafe.SliceData(src)), C.size_t(len(src)), &c.in, &cp, &w, &hgt, &cerr)
 	if rc != 0 {
 		msg := C.GoString(cerr)
 		C.free(unsafe.Pointer(cerr))
 		switch {
-		case killed.Load():
+		case c.killed.Load():
 			return Result{}, ctx.Err()
 		case s.err != nil:
 			return Result{}, fmt.Errorf("imageops: writing result: %w", s.err)
@@ -157,16 +209,35 @@ func Upsize(ctx context.Context, src []byte, dst io.Writer, p Params) (Result, e
 			return Result{}, fmt.Errorf("%w: %s", ErrInvalidImage, msg)
 		}
 	}
-	return Result{Format: info.Format, Width: int(w), Height: int(hgt)}, nil
+	return Result{Format: out, Width: int(w), Height: int(hgt)}, nil
 }
 
 // Validate decodes every pixel of src in one streaming pass and reports ErrInvalidImage if any part
-// does not decode. Call it after Probe and the pixel limit check.
-func Validate(src []byte) error {
+// does not decode (ErrDecodeBomb for a JPEG with too many scans, refused from its structure). When ctx
+// is done the decode is aborted as in Upsize and Validate returns ctx.Err(). libvips' messages about
+// src go to log (nil: the logger given to SetLogger). Call it after Probe and the pixel limit check:
+// its peak memory is about Info.DecodeBytes.
+func Validate(ctx context.Context, src []byte, log *slog.Logger) error {
+	f, err := Sniff(src)
+	if err != nil {
+		return err
+	}
+	layout, err := checkStructure(f, src)
+	if err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	c := newCall(ctx, f, &layout, true, log)
+	defer c.free()
 	var cerr *C.char
-	if C.up_validate(unsafe.Pointer(unsafe.SliceData(src)), C.size_t(len(src)), &cerr) != 0 {
+	if C.up_validate(unsafe.Pointer(unsafe.SliceData(src)), C.size_t(len(src)), &c.in, &cerr) != 0 {
 		msg := C.GoString(cerr)
 		C.free(unsafe.Pointer(cerr))
+		if c.killed.Load() {
+			return ctx.Err()
+		}
 		return fmt.Errorf("%w: %s", ErrInvalidImage, msg)
 	}
 	return nil

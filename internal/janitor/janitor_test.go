@@ -18,7 +18,7 @@ import (
 	"upsize/internal/blob"
 	"upsize/internal/metrics"
 	"upsize/internal/store"
-	"upsize/internal/testenv"
+	"upsize/internal/testredis"
 )
 
 var keys = store.Keys{Prefix: "jt:"}
@@ -41,7 +41,7 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rdb := testenv.Redis(t)
+	rdb := testredis.Redis(t)
 	return &env{
 		t: t, rdb: rdb, dir: dir, fs: fs, st: store.New(rdb, keys), m: metrics.NewJanitor(prometheus.NewRegistry()),
 		ctx: context.Background(), log: slog.New(slog.NewTextHandler(t.Output(), nil)),

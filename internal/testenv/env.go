@@ -23,6 +23,7 @@ import (
 	"upsize/internal/jobs"
 	"upsize/internal/obs"
 	"upsize/internal/store"
+	"upsize/internal/testredis"
 )
 
 // Options shape an environment; zero values take the SPEC's defaults.
@@ -214,3 +215,9 @@ func (e *Env) Exposed() map[string]*dto.MetricFamily {
 	}
 	return out
 }
+
+// Redis and RedisURL are testredis', for tests that use the whole environment anyway.
+var (
+	Redis    = testredis.Redis
+	RedisURL = testredis.RedisURL
+)

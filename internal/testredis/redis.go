@@ -1,6 +1,6 @@
-// Package testenv builds real parts for tests: a Redis database of the test's own, and the whole
-// service (API, worker, registry, blob store) in one process on top of it.
-package testenv
+// Package testredis gives each test a Redis database of its own, emptied before and after, so tests can
+// run twice in a row, in parallel packages, and beside a running service. It imports nothing of the repo.
+package testredis
 
 import (
 	"context"

@@ -1,0 +1,87 @@
+package imageops
+
+import (
+	"context"
+	"errors"
+	"io"
+	"testing"
+	"time"
+)
+
+// cancelBound is the SPEC's: a canceled task's libvips work is aborted within 250 ms, whatever the
+// image, decoding included.
+const cancelBound = 250 * time.Millisecond
+
+// TestCancelDuringDecode: Upsize and Validate return within cancelBound of a cancel that comes while
+// the decoder runs inside one tile, where libvips' own kill flag is not looked at: a progressive JPEG
+// with the most scans Probe allows (libjpeg reads every scan in jpeg_start_decompress, and its last 54
+// scans are a few dozen bytes each, so only the cut before every scan lets the cancel through) and an
+// interlaced PNG (libpng decodes it whole before the first pixel). Each takes over a second to decode
+// (checked: a shorter decode could not tell), and the cancel comes 100 ms after the start, then
+// again halfway through the decode (for the JPEG: among the small scans).
+func TestCancelDuringDecode(t *testing.T) {
+	if testing.Short() {
+		t.Skip("decodes 49 MP images")
+	}
+	for _, c := range []struct {
+		name string
+		src  func() []byte
+	}{
+		{"progressive JPEG, MaxJPEGScans scans", bigLegit},
+		{"interlaced PNG", bigInterlacedPNG},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			src := c.src()
+			if _, err := Probe(src); err != nil {
+				t.Fatalf("Probe: %v", err)
+			}
+			start := time.Now()
+			if err := Validate(context.Background(), src, nil); err != nil {
+				t.Fatalf("Validate without cancel: %v", err)
+			}
+			full := time.Since(start)
+			t.Logf("whole decode: %s", full)
+			if full < 100*time.Millisecond+2*cancelBound {
+				t.Fatalf("the decode takes %s: too short to tell a decode that stops from one that runs to its end", full)
+			}
+			for name, run := range map[string]func(context.Context) error{
+				"Validate": func(ctx context.Context) error { return Validate(ctx, src, nil) },
+				"Upsize": func(ctx context.Context) error {
+					_, err := Upsize(ctx, src, io.Discard, Params{Scale: 2, Kernel: "lanczos3", Encoding: DefaultEncoding})
+					return err
+				},
+			} {
+				for _, after := range []time.Duration{100 * time.Millisecond, full / 2} {
+					ctx, cancel := context.WithCancel(context.Background())
+					done := make(chan error, 1)
+					go func() { done <- run(ctx) }()
+					time.Sleep(after)
+					canceled := time.Now()
+					cancel()
+					select {
+					case err := <-done:
+						d := time.Since(canceled)
+						if !errors.Is(err, context.Canceled) {
+							t.Errorf("%s canceled after %s: err = %v, want context.Canceled", name, after, err)
+						}
+						if d > cancelBound {
+							t.Errorf("%s canceled after %s returned %s after the cancel, want within %s", name, after, d, cancelBound)
+						}
+						t.Logf("%s canceled after %s returned %s after the cancel", name, after.Round(time.Millisecond), d)
+					case <-time.After(time.Minute):
+						t.Fatalf("%s did not return", name)
+					}
+				}
+			}
+		})
+	}
+}
+
+// A context that is already done is not even started.
+func TestValidateCanceledBeforeStart(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := Validate(ctx, encJPEG(t, noise(64, 64, 1), 90), nil); !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v, want context.Canceled", err)
+	}
+}
