@@ -17,7 +17,8 @@ fi
 export ADMIN_TOKEN
 
 pids=()
-cleanup() { trap - EXIT INT TERM; kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
+stopping=
+cleanup() { stopping=1; trap - EXIT INT TERM; kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
 
 if [ -z "${REDIS_URL:-}" ]; then
@@ -43,22 +44,33 @@ curl -fs "$base/readyz" >/dev/null || { echo "the API did not become ready; see 
 
 # A demo account and image, so the example below works as printed.
 admin=(-H "Authorization: Bearer $ADMIN_TOKEN" -H "Content-Type: application/json")
-if [ ! -f var/.configured ]; then
+if curl -fs "${admin[@]}" "$base/admin/models/upsize" | grep -q '"model":null'; then
   curl -fs -X PUT "${admin[@]}" "$base/admin/models/upsize" -d '{"model":"lanczos3"}' >/dev/null
   curl -fs -X PUT "${admin[@]}" "$base/admin/credit-costs/upsize" -d '{"2x":1,"4x":2,"8x":4}' >/dev/null
-  touch var/.configured
 fi
-user=$(curl -fs -X POST "${admin[@]}" "$base/admin/users" -d '{"plan":"paid","credits":100}' | sed -E 's/.*"id":([0-9]+).*/\1/')
-key=$(curl -fs -X POST "${admin[@]}" "$base/admin/users/$user/api-keys" -d '{}' | sed -E 's/.*"apiKey":"([^"]+)".*/\1/')
-[ -f var/sample.png ] || { vips gaussnoise var/noise.v 256 192 --mean 128 --sigma 40 && vips cast var/noise.v var/sample.png uchar && rm -f var/noise.*; }
-image=$(curl -fs -H "X-Api-Key: $key" -F "file=@var/sample.png" -F "originalPrompt=demo" "$base/api/images" | sed -E 's/.*"imageId":([0-9]+).*/\1/')
+# The demo account is made once and reused while its key and image still work (var/demo.env).
+demo_ok() {
+  [ -f var/demo.env ] && . var/demo.env && [ -n "${key:-}" ] &&
+    curl -fs -o /dev/null -H "X-Api-Key: $key" "$base/api/images/$image"
+}
+if ! demo_ok; then
+  user=$(curl -fs -X POST "${admin[@]}" "$base/admin/users" -d '{"plan":"paid","credits":100}' | sed -E 's/.*"id":([0-9]+).*/\1/')
+  key=$(curl -fs -X POST "${admin[@]}" "$base/admin/users/$user/api-keys" -d '{}' | sed -E 's/.*"apiKey":"([^"]+)".*/\1/')
+  [ -f var/sample.png ] || { vips gaussnoise var/noise.v 256 192 --mean 128 --sigma 40 && vips cast var/noise.v var/sample.png uchar && rm -f var/noise.*; }
+  image=$(curl -fs -H "X-Api-Key: $key" -F "file=@var/sample.png" -F "originalPrompt=demo" "$base/api/images" | sed -E 's/.*"imageId":([0-9]+).*/\1/')
+  (umask 077; printf 'user=%s\nkey=%s\nimage=%s\n' "$user" "$key" "$image" > var/demo.env)
+fi
+credits=$(curl -fs "${admin[@]}" "$base/admin/users/$user" | sed -E 's/.*"credits":([0-9]+).*/\1/')
+if [ "$credits" -lt 10 ]; then
+  curl -fs -X PATCH "${admin[@]}" "$base/admin/users/$user" -d '{"credits":100}' >/dev/null && credits=100
+fi
 
 cat <<MSG
 
 upsize is running: API $base (log var/api.log), worker http://$worker_addr (log var/worker.log)
 Redis: $(echo "$REDIS_URL" | sed -E 's#//[^@]*@#//***@#')   blobs: $BLOB_DIR
 Admin token: $ADMIN_TOKEN
-Demo user $user with 100 credits, API key $key, image $image (256x192 PNG).
+Demo user $user with $credits credits, API key $key, image $image (256x192 PNG).
 
 Upsize it 4x:
   curl -s -X POST -H 'X-Api-Key: $key' -H 'Content-Type: application/json' \\
@@ -67,5 +79,6 @@ Then fetch the result (its imageId is in the answer):
   curl -s -H 'X-Api-Key: $key' -o result.png $base/api/images/<imageId>/file
 API description: $base/openapi.json     Ctrl-C stops everything.
 MSG
-wait -n "${pids[@]}"
-echo "a process stopped; see var/*.log" >&2
+wait -n "${pids[@]}" || true
+# Ctrl-C ends here too: only a process that stopped by itself is worth a word.
+[ -n "$stopping" ] || { echo "a process stopped by itself; see var/*.log" >&2; exit 1; }

@@ -6,10 +6,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
-scripts/redis-local.sh 6379
+# A Redis of the tests' own on 6379, unless TEST_REDIS_ADDR names another one.
+[ -n "${TEST_REDIS_ADDR:-}" ] || scripts/redis-local.sh 6379
+step() { echo; echo "== $*"; }
+
+step "go vet"
 go vet ./...
-go test -race -count=1 -timeout 20m ./...
+step "go test -race (one line per test)"
+go test -race -count=1 -timeout 20m -json ./... | go run ./scripts/testsum
+step "fuzz targets"
 scripts/fuzz.sh
-(cd deploy/promcheck && go test -count=1 ./...)
-(cd deploy/check && go test -count=1 ./...)
+# The deploy checks are modules of their own (Kubernetes, KEDA, Prometheus, BuildKit types): the first run
+# downloads and compiles them, which takes several minutes on a machine without a module cache.
+for m in deploy/promcheck deploy/check; do
+  step "$m (vet and test; the first run downloads its modules)"
+  (cd "$m" && go mod download && go vet ./... && go test -count=1 ./...)
+done
+step "shared acceptance suite"
 scripts/acceptance.sh

@@ -16,30 +16,13 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"upsize/internal/jobs"
+	"upsize/internal/testredis"
 )
 
-// The tests' own Redis database, flushed before and after each test.
-const testRedisURL = "redis://127.0.0.1:6379/13"
-
-func testRedis(t *testing.T) *redis.Client {
-	t.Helper()
-	opt, err := redis.ParseURL(testRedisURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rdb := redis.NewClient(opt)
-	if err := rdb.FlushDB(context.Background()).Err(); err != nil {
-		t.Fatalf("the tests need Redis at %s: %v", testRedisURL, err)
-	}
-	t.Cleanup(func() {
-		_ = rdb.FlushDB(context.Background()).Err()
-		_ = rdb.Close()
-	})
-	return rdb
-}
-
+// startFake serves the fake API on a Redis database of the test's own (testredis: claimed, emptied,
+// released), so the tool's tests run beside other tests and a running service.
 func startFake(t *testing.T, hang bool) (*fakeAPI, *redis.Client, string) {
-	rdb := testRedis(t)
+	rdb := testredis.Redis(t)
 	f, h := newFakeAPI(rdb, hang)
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
@@ -68,7 +51,7 @@ func TestEndToEndBurst(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "report.json")
 	var stdout, stderr bytes.Buffer
 	err := run(context.Background(), []string{
-		"-base", base, "-admin-token", fakeAdminToken, "-redis", testRedisURL, "-configure",
+		"-base", base, "-admin-token", fakeAdminToken, "-redis", testredis.RedisURL(rdb), "-configure",
 		"-burst", "-n", "40", "-sizes", "32x32,48x24", "-scales", "2x:1,4x:1,8x:1",
 		"-free-share", "0.5", "-cancel-share", "0.25", "-cancel-max-delay", "50ms",
 		"-poll-interval", "50ms", "-sample-interval", "10ms", "-drain-timeout", "10s", "-max-duration", "60s",
@@ -191,14 +174,14 @@ func TestStopsAndStillReports(t *testing.T) {
 		{"max-duration", "1500ms", "-max-duration reached", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			f, _, base := startFake(t, true)
+			f, rdb, base := startFake(t, true)
 			ctx, stop := interruptible(context.Background())
 			defer stop()
 			out := filepath.Join(t.TempDir(), "r.json")
 			errc := make(chan error, 1)
 			var stderr bytes.Buffer
 			go func() {
-				errc <- run(ctx, []string{"-base", base, "-admin-token", fakeAdminToken, "-redis", testRedisURL,
+				errc <- run(ctx, []string{"-base", base, "-admin-token", fakeAdminToken, "-redis", testredis.RedisURL(rdb),
 					"-burst", "-n", "5", "-sizes", "16x16", "-cancel-share", "1", "-cancel-max-delay", "1h", "-seed", "1", "-sample-interval", "20ms",
 					"-max-duration", tc.maxDuration, "-out", out}, &bytes.Buffer{}, &stderr)
 			}()
