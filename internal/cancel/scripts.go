@@ -6,7 +6,7 @@ import "github.com/redis/go-redis/v9"
 // admission, start, completion, failure and cancel exclusive: a request ends exactly once, and credits
 // move exactly when its state does.
 //
-// Keys and who writes them (store.Keys names them):
+// Keys and who writes them (store.Keys names every key of the service and its writers):
 //
 //	req:{user}:{rid}   hash, this package only: state, tombstone, image, scale, model, cost, result,
 //	                   queue, task, code, data, attempts, created, started, finished. No expiry while

@@ -207,14 +207,32 @@ type asked struct {
 	scaleOK bool
 }
 
-// answerKnown is rule 3 for a request id the user has used: canceled → 409; the same image and scale →
-// the first request's outcome; anything else → 422 request_id_reused.
-func answerKnown(c *gin.Context, d *Deps, known cancel.Request, ask asked, began time.Time) {
+// knownAnswer is rule 3 for a request id the user has used before.
+type knownAnswer int
+
+const (
+	knownCanceled knownAnswer = iota // a tombstone or a canceled request: 409
+	knownAttach                      // the same image and scale: the first request's outcome
+	knownReused                      // anything else: 422 request_id_reused
+)
+
+func judgeKnown(known cancel.Request, ask asked) knownAnswer {
 	switch {
 	case known.State == cancel.Canceled:
+		return knownCanceled
+	case ask.idOK && ask.imageID == known.ImageID && ask.scaleOK && ask.scale == known.Scale:
+		return knownAttach
+	}
+	return knownReused
+}
+
+// answerKnown answers rule 3: 409, the first request's outcome (waiting for it), or 422.
+func answerKnown(c *gin.Context, d *Deps, known cancel.Request, ask asked, began time.Time) {
+	switch judgeKnown(known, ask) {
+	case knownCanceled:
 		c.Set(ctxOutcome, "canceled")
 		fail(c, errcode.UserCanceled.E())
-	case ask.idOK && ask.imageID == known.ImageID && ask.scaleOK && ask.scale == known.Scale:
+	case knownAttach:
 		wake, stop := d.Hub.Watch(known.UserID, known.ID)
 		defer stop()
 		await(c, d, known.UserID, known.ID, wake, began)

@@ -254,10 +254,17 @@ func (p *Processor) deleteResult(log *slog.Logger, req cancel.Request) {
 
 // report writes the task's one log line and its metrics.
 func (p *Processor) report(log *slog.Logger, rep TaskReport) {
-	log.Info("task", "outcome", rep.Outcome, "reason", rep.Reason, "scale", rep.Request.Scale, "model", rep.Request.Model,
+	attrs := []any{"outcome", rep.Outcome, "reason", rep.Reason, "scale", rep.Request.Scale, "model", rep.Request.Model,
 		"format", rep.Format, "queue_wait_ms", rep.QueueWait.Milliseconds(), "read_ms", rep.Read.Milliseconds(),
-		"transform_ms", rep.Transform.Milliseconds(), "write_ms", rep.Write.Milliseconds(), "total_ms", rep.Total.Milliseconds(),
-		"bytes_in", rep.BytesIn, "bytes_out", rep.BytesOut)
+		"transform_ms", rep.Transform.Milliseconds(), "total_ms", rep.Total.Milliseconds(), "bytes_in", rep.BytesIn}
+	if rep.Outcome == "completed" {
+		// Only a completed task wrote a result; the others' partial writes were thrown away.
+		attrs = append(attrs, "write_ms", rep.Write.Milliseconds(), "bytes_out", rep.BytesOut)
+	}
+	if rep.CancelStop > 0 {
+		attrs = append(attrs, "cancel_to_stop_ms", rep.CancelStop.Milliseconds())
+	}
+	log.Info("task", attrs...)
 	if m := p.Metrics; m != nil {
 		queue, scale, format := orUnknown(rep.Request.Queue), orUnknown(rep.Request.Scale), orUnknown(rep.Format)
 		m.Tasks.WithLabelValues(queue, rep.Outcome).Inc()

@@ -78,12 +78,16 @@ func (q *Queue) Backlog(ctx context.Context) (pending int64, err error) {
 // RetryAfter estimates how long until the backlog is back under max, from the rate at which workers
 // have been finishing tasks (asynq's processed counters), in whole seconds between 1 and 300.
 func (q *Queue) RetryAfter(ctx context.Context, backlog, max int64) int {
-	rate := q.measureDrain(ctx)
-	excess := float64(backlog-max) + 1
+	return retryAfter(backlog-max+1, q.measureDrain(ctx))
+}
+
+// retryAfter is how many whole seconds draining excess tasks takes at rate tasks per second: at least 1,
+// at most 300, and 30 while no rate has been measured (no worker finished anything yet).
+func retryAfter(excess int64, rate float64) int {
 	if rate <= 0 {
 		return 30
 	}
-	return int(math.Min(300, math.Max(1, math.Ceil(excess/rate))))
+	return int(math.Min(300, math.Max(1, math.Ceil(float64(excess)/rate))))
 }
 
 // measureDrain updates the smoothed drain rate at most once a second.

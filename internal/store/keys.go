@@ -4,6 +4,24 @@ import "strconv"
 
 // Keys names every Redis key the service owns. All share one prefix so that an operator can tell them
 // from asynq's ("asynq:{queue}:...").
+//
+// Every key, and which package writes which of its fields (readers are many; writers are these only):
+//
+//	key                  type     written by
+//	user:{id}            hash     store: plan, premium, billing, credits (admin); cancel's scripts: credits
+//	                              (reserve, refund), nothing else
+//	apikey:{sha256}      hash     store: user, expires
+//	image:{id}           hash     store: every field of an upload (PutImage); cancel's `complete` script:
+//	                              every field of a result (store.Image.Fields, so one schema)
+//	settings             hash     store: model, cost:2x, cost:4x, cost:8x
+//	seq:user, seq:image  counter  store; cancel's `admit` takes a result's image id from seq:image
+//	req:{user}:{rid}     hash     cancel only (internal/cancel/scripts.go lists the fields)
+//	open:{user}          hash     cancel only: request id → reserved cost of each queued or running request
+//	tombs:{user}         zset     cancel only: the user's tombstones, to bound them
+//	unenqueued           zset     cancel (admit adds, Enqueued removes); read by jobs' sweeper
+//	events, cancels      pub/sub  cancel's scripts publish; cancel.Hub and cancel.Inflight listen
+//	janitor:lock         string   janitor: one run at a time across workers
+//	janitor:orphans-swept string  janitor: when the last full walk of the blob store ended
 type Keys struct{ Prefix string }
 
 // DefaultKeys is the production layout.
