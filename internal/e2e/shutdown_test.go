@@ -53,8 +53,14 @@ type proc struct {
 // start runs a binary with env on a free port and waits for it to announce its address.
 func start(t *testing.T, name string, env map[string]string) *proc {
 	t.Helper()
+	return startFrom(t, bin, name, env)
+}
+
+// startFrom is start for a binary built into dir.
+func startFrom(t *testing.T, dir, name string, env map[string]string) *proc {
+	t.Helper()
 	p := &proc{t: t, name: name, logs: &testenv.SyncBuffer{}, done: make(chan error, 1)}
-	p.cmd = exec.Command(filepath.Join(bin, name))
+	p.cmd = exec.Command(filepath.Join(dir, name))
 	p.cmd.Env = append(os.Environ(), "HTTP_ADDR=127.0.0.1:0")
 	for k, v := range env {
 		p.cmd.Env = append(p.cmd.Env, k+"="+v)
