@@ -4,6 +4,7 @@ package config
 
 import (
 	"fmt"
+	"net/url"
 	"runtime"
 	"strconv"
 	"time"
@@ -15,7 +16,11 @@ type Config struct {
 	RedisPoolSize int // connections per process; 0 lets go-redis choose (10 per CPU)
 	HTTPAddr      string
 	AdminToken    string
-	BlobDir       string
+	// BlobURL is where image bytes live: file:///abs, file://./rel, or an object store (s3://bucket?…).
+	// BLOB_DIR=path is the older spelling of file://path. BlobDir is the directory of a file:// URL ("" for
+	// an object store).
+	BlobURL string
+	BlobDir string
 
 	WorkerConcurrency  int
 	WorkerPollInterval time.Duration // how often an idle worker asks Redis for a task
@@ -69,7 +74,8 @@ func Load(role string, getenv func(string) string) (Config, error) {
 		RedisPoolSize:        int(r.int("REDIS_POOL_SIZE", 0, 0)),
 		HTTPAddr:             r.str("HTTP_ADDR", addr),
 		AdminToken:           getenv("ADMIN_TOKEN"),
-		BlobDir:              r.str("BLOB_DIR", "./var/blobs"),
+		BlobURL:              r.str("BLOB_URL", ""),
+		BlobDir:              r.str("BLOB_DIR", ""),
 		WorkerConcurrency:    int(r.int("WORKER_CONCURRENCY", int64(runtime.NumCPU()), 1)),
 		WorkerPollInterval:   r.dur("WORKER_POLL_INTERVAL", 4*time.Millisecond),
 		VipsConcurrency:      int(r.int("VIPS_CONCURRENCY", 0, 0)),
@@ -99,6 +105,9 @@ func Load(role string, getenv func(string) string) (Config, error) {
 	if c.WorkerPollInterval < time.Millisecond {
 		return Config{}, fmt.Errorf("WORKER_POLL_INTERVAL %s: must be at least 1ms", c.WorkerPollInterval)
 	}
+	if err := c.resolveBlobURL(); err != nil {
+		return Config{}, err
+	}
 	if c.UploadMemory < c.MaxUploadBytes {
 		return Config{}, fmt.Errorf("UPLOAD_MEMORY %d: must be at least MAX_UPLOAD_BYTES (%d)", c.UploadMemory, c.MaxUploadBytes)
 	}
@@ -109,6 +118,30 @@ func Load(role string, getenv func(string) string) (Config, error) {
 		return Config{}, fmt.Errorf("REQUEST_TTL %s: must be at least 1m", c.RequestTTL)
 	}
 	return c, nil
+}
+
+// resolveBlobURL settles BLOB_URL and its older spelling BLOB_DIR: one or the other, not both.
+func (c *Config) resolveBlobURL() error {
+	switch {
+	case c.BlobURL != "" && c.BlobDir != "":
+		return fmt.Errorf("BLOB_URL and BLOB_DIR both set: BLOB_DIR=path is the older spelling of BLOB_URL=file://path; keep one")
+	case c.BlobURL == "" && c.BlobDir == "":
+		c.BlobURL = "file://./var/blobs"
+	case c.BlobURL == "":
+		c.BlobURL = "file://" + c.BlobDir
+	}
+	u, err := url.Parse(c.BlobURL)
+	if err != nil || u.Scheme == "" {
+		return fmt.Errorf("BLOB_URL %q: want file:///path, file://./path or an object store URL such as s3://bucket?region=…", c.BlobURL)
+	}
+	c.BlobDir = ""
+	if u.Scheme == "file" {
+		c.BlobDir = u.Host + u.Path // file://./var/blobs has host "." and path "/var/blobs"
+		if c.BlobDir == "" {
+			return fmt.Errorf("BLOB_URL %q: no directory", c.BlobURL)
+		}
+	}
+	return nil
 }
 
 // reader collects the first parse error so Load reads like a table.

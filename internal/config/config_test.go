@@ -13,7 +13,7 @@ func TestDefaultsMatchSpec(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.RedisURL != "redis://127.0.0.1:6379/0" || c.HTTPAddr != ":8080" || c.BlobDir != "./var/blobs" ||
+	if c.RedisURL != "redis://127.0.0.1:6379/0" || c.HTTPAddr != ":8080" || c.BlobURL != "file://./var/blobs" ||
 		c.UpsizeWaitTimeout != 60*time.Second || c.MaxInputPixels != 50000000 || c.MaxOutputPixels != 100000000 ||
 		c.QueueMaxBacklog != 10000 || c.MaxUploadBytes != 33554432 || c.RequestTTL != 24*time.Hour || c.AdminToken != "" {
 		t.Fatalf("defaults differ from SPEC.md: %+v", c)
@@ -37,10 +37,31 @@ func TestBadValuesAreRefused(t *testing.T) {
 
 func TestNamesCoverSpec(t *testing.T) {
 	names := Names()
-	for _, n := range []string{"REDIS_URL", "HTTP_ADDR", "ADMIN_TOKEN", "BLOB_DIR", "WORKER_CONCURRENCY", "UPSIZE_WAIT_TIMEOUT",
+	for _, n := range []string{"REDIS_URL", "HTTP_ADDR", "ADMIN_TOKEN", "BLOB_URL", "WORKER_CONCURRENCY", "UPSIZE_WAIT_TIMEOUT",
 		"MAX_INPUT_PIXELS", "MAX_OUTPUT_PIXELS", "QUEUE_MAX_BACKLOG", "MAX_UPLOAD_BYTES", "REQUEST_TTL"} {
 		if !slices.Contains(names, n) {
 			t.Errorf("Names() lacks %s", n)
+		}
+	}
+}
+
+func TestBlobURL(t *testing.T) {
+	for in, want := range map[[2]string][2]string{
+		{"", ""}:                     {"file://./var/blobs", "./var/blobs"},
+		{"file:///srv/blobs", ""}:    {"file:///srv/blobs", "/srv/blobs"},
+		{"file://./data", ""}:        {"file://./data", "./data"},
+		{"", "/mnt/blobs"}:           {"file:///mnt/blobs", "/mnt/blobs"},
+		{"s3://bucket?region=x", ""}: {"s3://bucket?region=x", ""},
+		{"gs://bucket", ""}:          {"gs://bucket", ""},
+	} {
+		c, err := Load("api", env(map[string]string{"BLOB_URL": in[0], "BLOB_DIR": in[1]}))
+		if err != nil || c.BlobURL != want[0] || c.BlobDir != want[1] {
+			t.Errorf("BLOB_URL=%q BLOB_DIR=%q: %q %q %v; want %q %q", in[0], in[1], c.BlobURL, c.BlobDir, err, want[0], want[1])
+		}
+	}
+	for _, bad := range [][2]string{{"file:///a", "/b"}, {"blobs", ""}, {"file://", ""}} {
+		if _, err := Load("api", env(map[string]string{"BLOB_URL": bad[0], "BLOB_DIR": bad[1]})); err == nil {
+			t.Errorf("BLOB_URL=%q BLOB_DIR=%q accepted", bad[0], bad[1])
 		}
 	}
 }
