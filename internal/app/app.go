@@ -78,6 +78,7 @@ func New(cfg config.Config, log *slog.Logger, rdb redis.UniversalClient, blobs *
 		Store: store.New(rdb, store.DefaultKeys),
 		Registry: cancel.NewRegistry(rdb, store.DefaultKeys, cancel.Settings{
 			TTL: cfg.RequestTTL, MaxOpen: cfg.MaxQueuedPerUser, MaxTombstones: cfg.MaxTombstonesPerUser,
+			WaitReplicas: cfg.RedisWaitReplicas, WaitTimeout: cfg.RedisWaitTimeout,
 		}),
 		Metrics: obs.NewRegistry(),
 	}

@@ -71,6 +71,11 @@ type Settings struct {
 	MaxOpen int64
 	// MaxTombstones (MAX_TOMBSTONES_PER_USER) bounds one user's tombstones: past it the oldest go.
 	MaxTombstones int64
+	// WaitReplicas (REDIS_WAIT_REPLICAS): every script that moves credits or decides an outcome is
+	// followed by WAIT for this many replicas, within WaitTimeout (REDIS_WAIT_TIMEOUT), before its result is
+	// acted on; 0: no wait.
+	WaitReplicas int
+	WaitTimeout  time.Duration
 }
 
 // DefaultMaxTombstones keeps ample room for the cancel-before-upsize race (seconds) while a client

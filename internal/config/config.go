@@ -14,8 +14,13 @@ import (
 type Config struct {
 	RedisURL      string
 	RedisPoolSize int // connections per process; 0 lets go-redis choose (10 per CPU)
-	HTTPAddr      string
-	AdminToken    string
+	// RedisWaitReplicas: after every write that moves credits or decides an outcome, wait until this many
+	// replicas have it (Redis WAIT) before acting on it or answering; 0 does not wait (one Redis, or a
+	// loss window accepted). RedisWaitTimeout bounds that wait: past it the write counts as failed.
+	RedisWaitReplicas int
+	RedisWaitTimeout  time.Duration
+	HTTPAddr          string
+	AdminToken        string
 	// BlobURL is where image bytes live: file:///abs, file://./rel, or an object store (s3://bucket?…).
 	// BLOB_DIR=path is the older spelling of file://path. BlobDir is the directory of a file:// URL ("" for
 	// an object store).
