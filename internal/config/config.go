@@ -77,6 +77,8 @@ func Load(role string, getenv func(string) string) (Config, error) {
 	c := Config{
 		RedisURL:             r.str("REDIS_URL", "redis://127.0.0.1:6379/0"),
 		RedisPoolSize:        int(r.int("REDIS_POOL_SIZE", 0, 0)),
+		RedisWaitReplicas:    int(r.int("REDIS_WAIT_REPLICAS", 0, 0)),
+		RedisWaitTimeout:     r.dur("REDIS_WAIT_TIMEOUT", time.Second),
 		HTTPAddr:             r.str("HTTP_ADDR", addr),
 		AdminToken:           getenv("ADMIN_TOKEN"),
 		BlobURL:              r.str("BLOB_URL", ""),
@@ -85,6 +87,7 @@ func Load(role string, getenv func(string) string) (Config, error) {
 		WorkerPollInterval:   r.dur("WORKER_POLL_INTERVAL", 4*time.Millisecond),
 		VipsConcurrency:      int(r.int("VIPS_CONCURRENCY", 0, 0)),
 		ShutdownTimeout:      r.dur("SHUTDOWN_TIMEOUT", 50*time.Second),
+		TaskRetryDelay:       r.dur("TASK_RETRY_DELAY", time.Second),
 		UpsizeWaitTimeout:    r.dur("UPSIZE_WAIT_TIMEOUT", 60*time.Second),
 		MaxInputPixels:       r.int("MAX_INPUT_PIXELS", 50_000_000, 1),
 		MaxOutputPixels:      r.int("MAX_OUTPUT_PIXELS", 100_000_000, 1),
@@ -98,6 +101,7 @@ func Load(role string, getenv func(string) string) (Config, error) {
 		ValidateMemory:       r.int("VALIDATE_MEMORY", 512<<20, 1),
 		ValidateTimeout:      r.dur("VALIDATE_TIMEOUT", 30*time.Second),
 		MaxConnections:       r.int("MAX_CONNECTIONS", 8192, 1),
+		UploadWait:           r.dur("UPLOAD_WAIT", 5*time.Second),
 		JanitorInterval:      r.dur("JANITOR_INTERVAL", 10*time.Minute),
 		JanitorGrace:         r.dur("JANITOR_GRACE", time.Hour),
 		DrainDelay:           r.dur("DRAIN_DELAY", 0),
@@ -109,6 +113,10 @@ func Load(role string, getenv func(string) string) (Config, error) {
 	}
 	if c.WorkerPollInterval < time.Millisecond {
 		return Config{}, fmt.Errorf("WORKER_POLL_INTERVAL %s: must be at least 1ms", c.WorkerPollInterval)
+	}
+	// WAIT 0 would block for ever, and a wait past the Redis client's 3 s read timeout would be cut off.
+	if c.RedisWaitReplicas > 0 && (c.RedisWaitTimeout < time.Millisecond || c.RedisWaitTimeout > 2*time.Second) {
+		return Config{}, fmt.Errorf("REDIS_WAIT_TIMEOUT %s: must be between 1ms and 2s", c.RedisWaitTimeout)
 	}
 	if err := c.resolveBlobURL(); err != nil {
 		return Config{}, err

@@ -18,6 +18,18 @@ func TestDefaultsMatchSpec(t *testing.T) {
 		c.QueueMaxBacklog != 10000 || c.MaxUploadBytes != 33554432 || c.RequestTTL != 24*time.Hour || c.AdminToken != "" {
 		t.Fatalf("defaults differ from SPEC.md: %+v", c)
 	}
+	// The settings beyond SPEC's: each read, with its documented default (README).
+	if c.MaxQueuedPerUser != 100 || c.MaxTombstonesPerUser != 1000 || c.BodyTimeout != time.Minute ||
+		c.UploadMemory != 128<<20 || c.ValidateMemory != 512<<20 || c.ValidateTimeout != 30*time.Second ||
+		c.UploadWait != 5*time.Second || c.MaxConnections != 8192 || c.JanitorInterval != 10*time.Minute ||
+		c.JanitorGrace != time.Hour || c.TaskRetryDelay != time.Second || c.RedisWaitReplicas != 0 ||
+		c.RedisWaitTimeout != time.Second {
+		t.Fatalf("defaults differ from the README: %+v", c)
+	}
+	set, err := Load("api", env(map[string]string{"UPLOAD_WAIT": "2s", "TASK_RETRY_DELAY": "3s", "REDIS_WAIT_REPLICAS": "1"}))
+	if err != nil || set.UploadWait != 2*time.Second || set.TaskRetryDelay != 3*time.Second || set.RedisWaitReplicas != 1 {
+		t.Fatalf("settings not read: %+v %v", set, err)
+	}
 	w, _ := Load("worker", env(nil))
 	if w.HTTPAddr != ":9090" || w.WorkerConcurrency < 1 {
 		t.Fatalf("worker defaults: %+v", w)
