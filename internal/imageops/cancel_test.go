@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"io"
+	"sync"
 	"testing"
 	"time"
+
+	"upsize/internal/testimg"
 )
 
 // cancelBound is the SPEC's: a canceled task's libvips work is aborted within 250 ms, whatever the
@@ -15,10 +18,12 @@ const cancelBound = 250 * time.Millisecond
 // TestCancelDuringDecode: Upsize and Validate return within cancelBound of a cancel that comes while
 // the decoder runs inside one tile, where libvips' own kill flag is not looked at: a progressive JPEG
 // with the most scans Probe allows (libjpeg reads every scan in jpeg_start_decompress, and its last 54
-// scans are a few dozen bytes each, so only the cut before every scan lets the cancel through) and an
-// interlaced PNG (libpng decodes it whole before the first pixel). Each takes over a second to decode
-// (checked: a shorter decode could not tell), and the cancel comes 100 ms after the start, then
-// again halfway through the decode (for the JPEG: among the small scans).
+// scans are a few dozen bytes each, so only the cut before every scan lets the cancel through), an
+// interlaced PNG (libpng decodes it whole before the first pixel) and the costliest lossy WebP an
+// upload can hold (libvips' loader decodes a frame in one libwebp call; ours feeds libwebp's
+// incremental decoder in chunks). Each takes over a second to decode (checked: a shorter decode could
+// not tell), and the cancel comes 100 ms after the start, then again halfway through the decode (for
+// the JPEG: among the small scans).
 func TestCancelDuringDecode(t *testing.T) {
 	if testing.Short() {
 		t.Skip("decodes 49 MP images")
@@ -29,6 +34,7 @@ func TestCancelDuringDecode(t *testing.T) {
 	}{
 		{"progressive JPEG, MaxJPEGScans scans", bigLegit},
 		{"interlaced PNG", bigInterlacedPNG},
+		{"lossy noise WebP", bigLossyWebP},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			src := c.src()
@@ -77,11 +83,68 @@ func TestCancelDuringDecode(t *testing.T) {
 	}
 }
 
+// bigLossyWebP is about the costliest lossy WebP to decode that fits an upload (32 MB) and the default
+// pixel limit: 50 MP of noise at Q75, 30.7 MB. libvips' loader takes about 1.5 s on it, in one call.
+// Shaped 8191x6102 rather than 16383x3051 (the same cost) so that its 2x result fits a WebP.
+var bigLossyWebP = sync.OnceValue(func() []byte {
+	return testimg.WebPWith(8191, 6102, testimg.WebPOptions{Quality: 75})
+})
+
 // A context that is already done is not even started.
 func TestValidateCanceledBeforeStart(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	if err := Validate(ctx, encJPEG(t, noise(64, 64, 1), 90), nil); !errors.Is(err, context.Canceled) {
 		t.Fatalf("err = %v, want context.Canceled", err)
+	}
+}
+
+// TestCancelDuringFlatWebPDecode: WebPs whose pixels take almost no bits, where feeding libwebp a
+// chunk of compressed data at a time alone would not stop a decode: a flat lossy frame decodes from
+// its first partition (every macroblock skipped: no token data at all), so its decode is stopped at
+// the next macroblock row (upsize.c, webp_sync); a flat lossless frame of 49 MP is 2 KB, so its first
+// chunk is sized from the average density (a megapixel's worth: a few dozen bytes). Canceled 20 ms
+// after the start, each returns well within the time the whole decode takes (over 150 ms for either
+// with the decode in one call).
+func TestCancelDuringFlatWebPDecode(t *testing.T) {
+	if testing.Short() {
+		t.Skip("decodes 49 MP images")
+	}
+	for name, o := range map[string]testimg.WebPOptions{
+		"lossy":    {Flat: true},
+		"lossless": {Flat: true, Lossless: true},
+	} {
+		t.Run(name, func(t *testing.T) {
+			src := testimg.WebPWith(7000, 7000, o)
+			start := time.Now()
+			if err := Validate(context.Background(), src, nil); err != nil {
+				t.Fatalf("Validate without cancel: %v", err)
+			}
+			full := time.Since(start)
+			t.Logf("whole Validate: %s", full)
+			for name, run := range map[string]func(context.Context) error{
+				"Validate": func(ctx context.Context) error { return Validate(ctx, src, nil) },
+				"Upsize": func(ctx context.Context) error {
+					_, err := Upsize(ctx, src, io.Discard, Params{Scale: 2, Kernel: "lanczos3", Encoding: DefaultEncoding})
+					return err
+				},
+			} {
+				ctx, cancel := context.WithCancel(context.Background())
+				done := make(chan error, 1)
+				go func() { done <- run(ctx) }()
+				time.Sleep(20 * time.Millisecond)
+				canceled := time.Now()
+				cancel()
+				err := <-done
+				d := time.Since(canceled)
+				t.Logf("%s returned %s after the cancel", name, d)
+				if !errors.Is(err, context.Canceled) {
+					t.Errorf("%s: err = %v, want context.Canceled", name, err)
+				}
+				if d > full/4 {
+					t.Errorf("%s returned %s after the cancel, want within a quarter of the whole Validate (%s)", name, d, full)
+				}
+			}
+		})
 	}
 }

@@ -3,8 +3,8 @@ package imageops
 import "encoding/binary"
 
 // Peak decode memory, estimated from the structure of the file (Info.DecodeBytes). The figures are
-// what libvips 8.14 with libjpeg-turbo, libpng and libwebp hold, measured as the growth of resident
-// memory during a Validate (TestDecodeBytesMatchesRSS checks them at 7000x7000).
+// what libvips 8.14 with libjpeg-turbo and libpng, and our WebP loader with libwebp, hold, measured as
+// the growth of resident memory during a Validate (TestDecodeBytesMatchesRSS checks them at 7000x7000).
 const (
 	// decodeBase covers what any decode holds whatever the size: libvips' pipeline, the decoders'
 	// state.
@@ -49,14 +49,10 @@ func decodeBytes(f Format, b []byte, l *jpegLayout, w, h, bands int) int64 {
 		}
 		return decodeBase + strip(bpp)
 	case WebP:
-		// libvips decodes the frame into an RGBA image while libwebp holds its own buffer (a
-		// lossless frame: ARGB of the whole frame), then composes it into an RGBA canvas:
-		// 8 bytes a pixel at the peak, measured for lossy and lossless alike. An animation
-		// keeps canvas, frame and decoder alive at once.
-		if webpAnimated(b) {
-			return decodeBase + pixels*12 + strip(4)
-		}
-		return decodeBase + pixels*8 + strip(4)
+		// Our loader (upsize.c, load_webp) decodes the frame straight into the image, w x h x bands
+		// (an animation's canvas: frame 1 is no larger), plus what libwebp holds beside it for the
+		// frame's codec: see webpDecoderBytesPerPixel.
+		return decodeBase + pixels*int64(bands+webpDecoderBytesPerPixel(b)) + strip(int64(bands))
 	}
 	return decodeBase + pixels*4
 }
@@ -71,27 +67,43 @@ func readIHDR(b []byte) (depth int, interlaced, ok bool) {
 	return int(b[24]), b[28] == 1, true
 }
 
-// webpAnimated reports whether an extended-format WebP (VP8X) has an ANIM chunk. Its flags byte says
-// so too, but the chunks are what libwebp's demuxer acts on.
-func webpAnimated(b []byte) bool {
-	if len(b) < 16 || string(b[12:16]) != "VP8X" {
-		return false
-	}
-	// Chunks: 4-byte tag, 4-byte little-endian size, payload padded to an even size.
-	for p := 12; p+8 <= len(b); {
+// webpDecoderBytesPerPixel is what libwebp holds, a pixel of the frame, while it decodes the first
+// frame of b (the one an animation loads as): a lossless (VP8L) frame is decoded whole into a 32-bit
+// ARGB buffer first (less when it packs a palette); a lossy (VP8) frame needs a few rows, but its alpha
+// (an ALPH chunk) is decoded whole: a plane of a byte a pixel plus the lossless decoder's buffer, a
+// byte a pixel in the common case, four otherwise. Measured at 7000x7000 and 4096x3072: lossy RGB 3.0
+// bytes a pixel in all, lossless noise RGB 7.0, lossy RGBA 5.1, lossless noise RGBA 8.0. A file this
+// walk cannot read gets the most.
+func webpDecoderBytesPerPixel(b []byte) int {
+	const lossless, alpha = 4, 1 + 4
+	hasAlpha := false
+	// Chunks: 4-byte tag, 4-byte little-endian size, payload padded to an even size. An ANMF
+	// chunk's payload is 16 bytes of frame header, then the frame's own chunks.
+	for p, end := 12, len(b); p+8 <= end; {
 		tag := string(b[p : p+4])
-		switch tag {
-		case "ANIM", "ANMF":
-			return true
-		case "VP8 ", "VP8L":
-			return false
-		}
 		n := int64(binary.LittleEndian.Uint32(b[p+4 : p+8]))
+		switch tag {
+		case "VP8L":
+			return lossless
+		case "VP8 ":
+			if hasAlpha {
+				return alpha
+			}
+			return 0
+		case "ALPH":
+			hasAlpha = true
+		case "ANMF":
+			if n < 16 || int64(p)+8+n > int64(end) {
+				return alpha
+			}
+			p, end = p+8+16, p+8+int(n) // the first frame's chunks, and only those
+			continue
+		}
 		next := int64(p) + 8 + n + n&1
-		if next > int64(len(b)) {
+		if next > int64(end) {
 			break
 		}
 		p = int(next)
 	}
-	return false
+	return alpha
 }

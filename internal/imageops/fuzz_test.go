@@ -32,6 +32,20 @@ func FuzzUploadBytes(f *testing.F) {
 	f.Add(testimg.JPEG(16, 12, testimg.JPEGOptions{Progressive: true}))
 	f.Add(testimg.ScanBomb(16, 12, MaxJPEGScans)) // refused from its structure
 	f.Add(testimg.InterlacedPNG(16, 12))
+	// WebP: every codec and layout our loader decodes, whole and damaged.
+	for _, b := range [][]byte{
+		testimg.WebPWith(16, 12, testimg.WebPOptions{Alpha: true}),
+		testimg.WebPWith(16, 12, testimg.WebPOptions{Lossless: true, Alpha: true}),
+		testimg.WebPWith(16, 12, testimg.WebPOptions{EXIF: testimg.EXIF(6)}),
+		testimg.AnimatedWebP(24, 20, []testimg.WebPFrame{{X: 2, Y: 4, W: 16, H: 12, Lossless: true}, {W: 24, H: 20, Alpha: true}}),
+	} {
+		f.Add(b)
+		damaged := slices.Clone(b)
+		for i := len(b) / 2; i < len(b)/2+8 && i < len(b); i++ {
+			damaged[i] ^= 0x5a
+		}
+		f.Add(damaged)
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		known := func(err error) bool {
 			return err == nil || errors.Is(err, ErrUnsupportedFormat) || errors.Is(err, ErrInvalidImage) || errors.Is(err, ErrTooLarge)

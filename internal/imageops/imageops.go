@@ -3,9 +3,28 @@
 // The pipeline is a few named steps: sniff the format from the bytes, check the structure (a JPEG's
 // scans, jpegscan.go), probe the header (through bimg, no pixel decode), then load, autorotate,
 // upsample and encode in one libvips evaluation that streams its output to an io.Writer and can be
-// aborted from a context, decode included (upsize.c: the killable source). For JPEG and WebP results, upsampling by
-// the integer factor is a separable two-pass resampler (resample.c): the whole upsize then takes about a
-// third of the instructions it takes through libvips' general affine transform, which PNG results keep.
+// aborted from a context, decode included. For JPEG and WebP results, upsampling by the integer factor
+// is a separable two-pass resampler (resample.c): the whole upsize then takes about a third of the
+// instructions it takes through libvips' general affine transform, which PNG results keep.
+//
+// How each format is loaded (upsize.c), so that a cancel stops its decode within a few tens of
+// milliseconds, not only between tiles where libvips itself looks at its kill flag:
+//
+//   - JPEG and PNG: libvips' loaders, reading from a source of ours that fails every read once the
+//     call is killed, and never reads past the next JPEG scan. libjpeg (a progressive or multi-scan
+//     JPEG's scans) and libpng (an interlaced PNG) can each run for seconds inside one tile, but come
+//     back to the source every few KB of input and before each scan.
+//   - WebP: libvips' loader decodes a frame with one libwebp call that nothing interrupts (1.5 s for
+//     the costliest lossy file an upload holds). libvips reads only the header (its fields and
+//     metadata, exactly as its loader gives them); the frame is decoded by libwebp's incremental
+//     decoder straight into a memory image, fed about 20 ms of compressed data at a time with the kill
+//     flag checked in between, and, for lossy frames, at every macroblock row too (lossy data can hold
+//     whole rows in no bytes at all). The pixels are libvips' own, byte for byte; an animation loads as
+//     libvips loads it, its first frame on the canvas. What is left uninterruptible: lossless rows
+//     whose pixels take no bits at all (up to 0.15-0.2 s for a whole 49 MP frame) and lossy frames
+//     under 512 pixels wide (at most 8 MP). Decoded whole before the pipeline (libvips' loader too
+//     decodes the frame whole, on the first tile), the frame is the only image-sized buffer: no
+//     RGBA frame and canvas beside it.
 //
 // bimg gives us libvips start-up, cache control and header reads. Upsampling itself goes through a small
 // cgo file because bimg cannot express what the contract needs: centre-aligned sampling with edges
@@ -200,6 +219,8 @@ type Params struct {
 	path upsamplePath
 	// output overrides the result's format (tests compare decodes through a lossless format).
 	output Format
+	// libvipsWebP loads WebP through libvips' own loader (tests compare it with ours).
+	libvipsWebP bool
 }
 
 // upsamplePath picks the upsampler for bilinear and bicubic.

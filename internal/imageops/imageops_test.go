@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"github.com/h2non/bimg"
+
+	"upsize/internal/testimg"
 )
 
 func TestMain(m *testing.M) {
@@ -414,6 +416,19 @@ func TestPixelLimitsFromHeader(t *testing.T) {
 	_, err = Upsize(context.Background(), small, io.Discard, Params{Scale: 8, Kernel: "lanczos3", MaxOutputPixels: 100000000})
 	if !errors.Is(err, ErrTooLarge) {
 		t.Fatalf("output over the limit: %v", err)
+	}
+	// A result side the format cannot hold: refused before the WebP is decoded (the encoder would
+	// refuse it too, but only once the decode is done). And where it fits, the result is made.
+	n := webpDecodes()
+	wide := testimg.WebPWith(8200, 16, testimg.WebPOptions{Flat: true})
+	if _, err = Upsize(context.Background(), wide, io.Discard, Params{Scale: 2, Kernel: "lanczos3"}); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("a %d px wide WebP result: %v", 2*8200, err)
+	}
+	if webpDecodes() != n {
+		t.Fatal("the WebP was decoded")
+	}
+	if _, err = Upsize(context.Background(), wide, io.Discard, Params{Scale: 2, Kernel: "lanczos3", output: JPEG}); err != nil {
+		t.Fatalf("as a JPEG: %v", err)
 	}
 }
 

@@ -3,6 +3,8 @@
 #include <string.h>
 #include <stdlib.h>
 #include <vips/vips.h>
+#include <webp/decode.h>
+#include <webp/demux.h>
 
 #include "upsize.h"
 #include "resample.h"
@@ -20,7 +22,10 @@ static void log_cb(const gchar *domain, GLogLevelFlags level, const gchar *messa
 	upGoLog((int) (level & G_LOG_LEVEL_MASK), (char *) message, log_tag);
 }
 
+static void webp_hook_workers(void);
+
 void up_init(int vips_concurrency) {
+	webp_hook_workers();
 	g_log_set_handler("VIPS", G_LOG_LEVEL_MASK | G_LOG_FLAG_FATAL | G_LOG_FLAG_RECURSION, log_cb, NULL);
 	/* Worker memory must stay flat: glibc's default of 8 arenas per core fragments badly under
 	 * libvips' thread pools. Two arenas keep RSS bounded at no measurable speed cost. */
@@ -108,15 +113,18 @@ typedef struct {
 	VipsSourceCustom *source;
 } Load;
 
+static VipsImage *load_webp(const void *buf, size_t len, const up_input *in);
+
 /* load starts the loader for the sniffed format (no sniffing here: Go did it). fail_on error turns a
- * damaged file into an error instead of grey pixels. WebP stays on the buffer loader: libvips decodes
- * a frame with one WebPDecode call over the whole buffer, which no source can interrupt (measured: 1.5 s
- * for a 28 MB lossy 16383x3051 noise image, the worst that fits an upload; 0.1 s flat; 0.3 s for
- * 13 MB of lossless noise). */
+ * damaged file into an error instead of grey pixels. WebP decodes here, whole, before anything else
+ * (load_webp below). */
 static VipsImage *load(const void *buf, size_t len, const up_input *in, Load *l) {
 	VipsImage *out = NULL;
 	VipsAccess access = in->sequential ? VIPS_ACCESS_SEQUENTIAL : VIPS_ACCESS_RANDOM;
 	if (in->format == UP_WEBP) {
+		if (!in->libvips_webp)
+			return load_webp(buf, len, in);
+		/* libvips' own loader, kept for the tests that compare the two. */
 		if (vips_webpload_buffer((void *) buf, len, &out, "access", access, "fail_on", VIPS_FAIL_ON_ERROR, NULL))
 			return NULL;
 		return out;
@@ -135,6 +143,208 @@ static VipsImage *load(const void *buf, size_t len, const up_input *in, Load *l)
 		r = -1;
 	}
 	return r ? NULL : out;
+}
+
+/* ---- WebP ----
+ *
+ * libvips' webpload decodes a frame with one WebPDecode call over the whole frame, on the first tile
+ * asked of it: nothing can interrupt it (1.5 s for a 28 MB lossy 16383x3051 noise image, the worst
+ * that fits an upload). So libvips only reads the header here (its webpload is lazy: the header,
+ * band count and every metadata field it attaches, ICC, EXIF and the fields parsed from it,
+ * orientation included, XMP, animation fields, without decoding a pixel), and the frame is decoded
+ * with libwebp's incremental decoder straight into a memory image with that header: RGB or RGBA as
+ * libvips' loader would give them (it decodes RGBA and drops the alpha when the file says there is
+ * none, which leaves the same colour bytes), one frame buffer of w x h x bands.
+ *
+ * The decoder is fed the frame's compressed bytes a chunk at a time and the kill flag is checked
+ * between chunks. Lossless (VP8L) decoding needs the data a row block at a time, but resumes from a
+ * checkpoint taken every 8 rows: chunks too small would decode the same rows over and over. The
+ * chunk is therefore sized from the time the last call took, to about WEBP_CALL_US of decoding a call.
+ * Lossy (VP8) data can need no bytes at all for whole rows (skipped macroblocks: a flat image decodes
+ * from its first partition alone), so chunks cannot bound a lossy call: there, the kill flag is also
+ * checked once a macroblock row (16 pixel rows), where libwebp waits for its filtering thread (see
+ * webp_sync). The first chunk is sized from the frame's average density (WEBP_FIRST_PIXELS' worth):
+ * a flat lossless 49 MP frame is 2 KB. What remains uninterruptible: lossless rows whose pixels take
+ * no bits at all, all decoded by the call that reaches them (3-4 ns a pixel: up to 0.15-0.2 s for a
+ * whole 49 MP frame), and lossy frames under 512 pixels wide (no thread there; at most 8 MP, 35 ms
+ * flat). Measured, cancel to return: 2-12 ms for 50 MP of lossy noise (30 MB, 1.5-2 s to decode),
+ * 2 ms for a flat lossy 49 MP frame, 20 ms for a flat lossless one.
+ *
+ * An animation loads as libvips loads it, its first frame on a canvas: frame 1 is decoded, the same
+ * way, into its place on a transparent canvas (libvips copies frame 1 without blending), the bands
+ * and the animation fields are libvips' header's. */
+
+/* Time one call of the decoder aims at; pixels the first chunk holds at the frame's average density;
+ * bounds of a chunk. */
+#define WEBP_CALL_US 20000
+#define WEBP_FIRST_PIXELS (1 << 20)
+#define WEBP_MIN_CHUNK 64
+#define WEBP_MAX_FIRST_CHUNK (64 << 10)
+
+/* libwebp's worker interface (src/utils/thread_utils.h, not installed): six functions taking the
+ * worker, in this order, unchanged since libwebp 0.5. libwebp exports the functions that get and set
+ * it, to let programs supply their own threads; here it only adds the kill check to Sync. */
+typedef struct {
+	void (*init)(void *worker);
+	int (*reset)(void *worker);
+	int (*sync)(void *worker);
+	void (*launch)(void *worker);
+	void (*execute)(void *worker);
+	void (*end)(void *worker);
+} webp_worker_interface;
+extern const webp_worker_interface *WebPGetWorkerInterface(void);
+extern int WebPSetWorkerInterface(const webp_worker_interface *);
+
+static webp_worker_interface webp_workers;
+
+/* The kill flag of the decode running on this thread (NULL: none, or not ours). */
+static _Thread_local volatile int *webp_kill;
+
+/* The lossy decoder hands each macroblock row to its thread for filtering and output, after a Sync
+ * that waits for the previous row (frame_dec.c, VP8ProcessRow). Failing that Sync once the kill flag
+ * is set makes the decoder stop with an error (VP8_STATUS_USER_ABORT) at the next row. Sync always
+ * runs on the decoding thread, so a thread-local flag tells our decodes from any other (libvips'
+ * encoder uses workers too). */
+static int webp_sync(void *worker) {
+	int ok = webp_workers.sync(worker);
+	volatile int *kill = webp_kill;
+	return ok && !(kill && *kill);
+}
+
+/* Called once, before any WebP is read or written (libwebp's condition for changing the interface):
+ * the rest of the interface stays libwebp's own. */
+static void webp_hook_workers(void) {
+	const webp_worker_interface *cur = WebPGetWorkerInterface();
+	if (!cur || cur->sync == webp_sync)
+		return;
+	webp_workers = *cur;
+	webp_worker_interface hooked = webp_workers;
+	hooked.sync = webp_sync;
+	WebPSetWorkerInterface(&hooked);
+}
+
+static const char *webp_status(VP8StatusCode status) {
+	switch (status) {
+	case VP8_STATUS_OUT_OF_MEMORY: return "out of memory";
+	case VP8_STATUS_INVALID_PARAM: return "invalid parameter";
+	case VP8_STATUS_BITSTREAM_ERROR: return "bitstream error";
+	case VP8_STATUS_UNSUPPORTED_FEATURE: return "unsupported feature";
+	case VP8_STATUS_SUSPENDED: return "truncated";
+	case VP8_STATUS_USER_ABORT: return "aborted";
+	case VP8_STATUS_NOT_ENOUGH_DATA: return "not enough data";
+	default: return "unknown error";
+	}
+}
+
+/* webp_decode decodes fragment (a frame's ALPH/VP8/VP8L chunks) into out at (x, y), fed in chunks. */
+static int webp_decode(const WebPData *fragment, VipsImage *out, int x, int y, int w, int h, const up_input *in) {
+	WebPDecoderConfig config;
+	if (!WebPInitDecoderConfig(&config)) {
+		vips_error("webp", "%s", "libwebp version mismatch");
+		return -1;
+	}
+	/* As libvips' loader: a thread filters and converts while the main one parses. */
+	config.options.use_threads = 1;
+	config.output.colorspace = out->Bands == 4 ? MODE_RGBA : MODE_RGB;
+	config.output.is_external_memory = 1;
+	config.output.u.RGBA.rgba = VIPS_IMAGE_ADDR(out, x, y);
+	config.output.u.RGBA.stride = VIPS_IMAGE_SIZEOF_LINE(out);
+	config.output.u.RGBA.size = (size_t) VIPS_IMAGE_SIZEOF_LINE(out) * (h - 1) + (size_t) w * out->Bands;
+	WebPIDecoder *idec = WebPIDecode(NULL, 0, &config);
+	if (!idec) {
+		vips_error("webp", "%s", "out of memory");
+		return -1;
+	}
+
+	int result = -1;
+	size_t fed = 0;
+	/* The first chunk: at the average density, about a millisecond or two of decoding for lossy
+	 * noise, a few for a frame whose pixels take almost no bits. */
+	size_t chunk = (size_t) VIPS_CLIP(WEBP_MIN_CHUNK,
+		(double) fragment->size * WEBP_FIRST_PIXELS / ((double) w * h), WEBP_MAX_FIRST_CHUNK);
+	volatile int *saved = webp_kill;
+	webp_kill = in->kill;
+	for (;;) {
+		if (killed(in)) {
+			vips_error("upsize", "%s", "canceled");
+			break;
+		}
+		fed = VIPS_MIN(fed + chunk, fragment->size);
+		gint64 t = g_get_monotonic_time();
+		/* Update, not Append: the decoder reads the caller's bytes in place, nothing is copied. */
+		VP8StatusCode status = WebPIUpdate(idec, fragment->bytes, fed);
+		t = g_get_monotonic_time() - t;
+		if (status == VP8_STATUS_OK) {
+			result = 0;
+			break;
+		}
+		if (status != VP8_STATUS_SUSPENDED || fed == fragment->size) {
+			if (killed(in))
+				vips_error("upsize", "%s", "canceled");
+			else
+				vips_error("webp2vips", "unable to read pixels (%s)", webp_status(status));
+			break;
+		}
+		/* The next chunk: as much as decodes in about WEBP_CALL_US at the rate of this call,
+		 * growing at most twofold (a call that waited for data, on headers or on the first
+		 * partition, took no time) and shrinking at most fourfold. */
+		if (t <= WEBP_CALL_US / 2)
+			chunk *= 2;
+		else
+			chunk = VIPS_MAX(WEBP_MIN_CHUNK, VIPS_MAX(chunk / 4, (size_t) ((double) chunk * WEBP_CALL_US / t)));
+	}
+	webp_kill = saved;
+	WebPIDelete(idec);
+	return result;
+}
+
+static int webp_decodes;
+int up_webp_decodes(void) { return g_atomic_int_get(&webp_decodes); }
+
+static VipsImage *load_webp(const void *buf, size_t len, const up_input *in) {
+	VipsImage *header = NULL, *out = NULL;
+	WebPDemuxer *demux = NULL;
+	WebPIterator frame;
+	int have_frame = 0, ok = 0;
+
+	if (vips_webpload_buffer((void *) buf, len, &header, NULL))
+		return NULL;
+	/* The frame as libvips finds it: frame 1 of the demuxer over the whole file. */
+	WebPData data = {.bytes = buf, .size = len};
+	if (!(demux = WebPDemux(&data)) || !(have_frame = WebPDemuxGetFrame(demux, 1, &frame))) {
+		vips_error("webp", "%s", "unable to parse image");
+		goto done;
+	}
+	if (header->BandFmt != VIPS_FORMAT_UCHAR || header->Coding != VIPS_CODING_NONE ||
+		(header->Bands != 3 && header->Bands != 4) ||
+		frame.x_offset < 0 || frame.y_offset < 0 || frame.width <= 0 || frame.height <= 0 ||
+		frame.x_offset + frame.width > header->Xsize || frame.y_offset + frame.height > header->Ysize) {
+		vips_error("webp", "unexpected layout: %dx%d, %d bands; frame %dx%d at (%d, %d)",
+			header->Xsize, header->Ysize, header->Bands, frame.width, frame.height, frame.x_offset, frame.y_offset);
+		goto done;
+	}
+	/* A memory image with every field of the header, metadata included (copied as libvips copies
+	 * them along a pipeline: the EXIF block is not parsed again). The header goes first, with the
+	 * frame buffer libvips' reader allocated (untouched: no pixel was read), then ours is allocated,
+	 * zeroed (transparent where an animation's first frame does not reach). */
+	out = vips_image_new_memory();
+	if (vips_image_pipelinev(out, VIPS_DEMAND_STYLE_ANY, header, NULL))
+		goto done;
+	VIPS_UNREF(header);
+	if (vips_image_write_prepare(out) ||
+		webp_decode(&frame.fragment, out, frame.x_offset, frame.y_offset, frame.width, frame.height, in))
+		goto done;
+	g_atomic_int_inc(&webp_decodes);
+	ok = 1;
+
+done:
+	if (have_frame)
+		WebPDemuxReleaseIterator(&frame);
+	WebPDemuxDelete(demux);
+	VIPS_UNREF(header);
+	if (!ok)
+		VIPS_UNREF(out);
+	return out;
 }
 
 /* load_done detaches the source from Go's bytes: after this nothing can read them, even if libvips

@@ -20,6 +20,8 @@ typedef struct {
 	volatile int *kill;
 	/* cgo.Handle of the call's *slog.Logger for libvips' messages (0: the global logger). */
 	uintptr_t log;
+	/* WebP through libvips' own loader instead of load_webp (tests compare the two). */
+	int libvips_webp;
 } up_input;
 
 typedef struct {
@@ -37,14 +39,26 @@ typedef struct {
 	uintptr_t sink;
 } up_params;
 
-/* up_init bounds malloc arenas, turns libvips' operation cache off and routes libvips' log to Go. */
+/* up_init bounds malloc arenas, turns libvips' operation cache off, routes libvips' log to Go and
+ * adds the kill check to libwebp's worker interface (call it before any WebP is read or written). */
 void up_init(int vips_concurrency);
 
 /* up_upsize runs the whole pipeline. Returns 0 on success; on failure
- * -1 and *err holds a message the caller must free(). */
+ * -1 and *err holds a message the caller must free().
+ *
+ * How each format loads (the kill flag must reach every decoder, whatever the image):
+ *   JPEG, PNG: libvips' loaders from a custom source that fails every read once killed, and cuts
+ *     reads before every JPEG scan (libjpeg and libpng come back to it every few KB).
+ *   WebP: libvips reads the header and metadata only; the first frame is decoded by libwebp's
+ *     incremental decoder into a memory image before the pipeline starts, fed ~20 ms of data at a
+ *     time, the flag checked between feeds and, for lossy frames, at every macroblock row (libvips'
+ *     loader decodes a frame in one call nothing interrupts: 1.5 s for the worst upload). */
 int up_upsize(const void *buf, size_t len, const up_input *in, const up_params *p, int *out_w, int *out_h, char **err);
 
 /* up_validate decodes every pixel (sequentially, failing on any decode error). */
 int up_validate(const void *buf, size_t len, const up_input *in, char **err);
+
+/* up_webp_decodes counts the WebP frames decoded by load_webp (tests check which loader ran). */
+int up_webp_decodes(void);
 
 #endif

@@ -1,7 +1,7 @@
 package imageops
 
 /*
-#cgo pkg-config: vips
+#cgo pkg-config: vips libwebp libwebpdemux
 #cgo CFLAGS: -O3
 #include <stdlib.h>
 #include <glib.h>
@@ -143,10 +143,12 @@ func (c *call) free() {
 
 // Upsize enlarges src by p.Scale and streams the encoded result, in src's format, into dst.
 //
-// Limits are checked from the header before anything is decoded. When ctx is done the libvips
+// Limits are checked from the header before anything is decoded: the pixel limits of p, and a result
+// side over what its format can hold (Format.MaxSide), both ErrTooLarge. When ctx is done the libvips
 // evaluation is aborted, decode included: at the decoder's next read of input (every 4 KB, and before
-// every JPEG scan) or the next tile, whichever comes first; a WebP frame decodes in one call that
-// cannot be interrupted. Upsize then returns ctx.Err().
+// every JPEG scan), between the chunks a WebP is decoded in (about 20 ms of decoding each) or at its
+// next macroblock row, or at the next tile, whichever comes first (see the package documentation for
+// what is left). Upsize then returns ctx.Err().
 func Upsize(ctx context.Context, src []byte, dst io.Writer, p Params) (Result, error) {
 	info, layout, err := probe(src)
 	if err != nil {
@@ -165,20 +167,25 @@ func Upsize(ctx context.Context, src []byte, dst io.Writer, p Params) (Result, e
 	if p.MaxOutputPixels > 0 && info.Pixels()*int64(p.Scale*p.Scale) > p.MaxOutputPixels {
 		return Result{}, ErrTooLarge
 	}
+	out := info.Format
+	if p.output != "" {
+		out = p.output
+	}
+	// The encoder would refuse it too, but only once the image is decoded (WebP decodes whole first).
+	if max(info.Width, info.Height)*p.Scale > out.MaxSide() {
+		return Result{}, ErrTooLarge
+	}
 	if err := ctx.Err(); err != nil {
 		return Result{}, err
 	}
 
 	c := newCall(ctx, info.Format, &layout, info.Orientation <= 1, p.Log)
 	defer c.free()
+	c.in.libvips_webp = boolC(p.libvipsWebP)
 	s := &sink{w: dst, killed: &c.killed}
 	h := cgo.NewHandle(s)
 	defer h.Delete()
 
-	out := info.Format
-	if p.output != "" {
-		out = p.output
-	}
 	e := p.Encoding
 	cp := C.up_params{
 		format:       formatCodes[out],
@@ -245,6 +252,9 @@ func Validate(ctx context.Context, src []byte, log *slog.Logger) error {
 
 // resamplerRuns counts the upsizes that went through the separable resampler (resample.c).
 func resamplerRuns() int { return int(C.up_resample_runs()) }
+
+// webpDecodes counts the WebP frames decoded by our incremental loader (upsize.c, load_webp).
+func webpDecodes() int { return int(C.up_webp_decodes()) }
 
 func boolC(b bool) C.int {
 	if b {

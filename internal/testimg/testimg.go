@@ -1,7 +1,8 @@
 // Package testimg makes images for tests: JPEGs (baseline or progressive, colour or grey, with or
-// without restart markers), JPEG scan bombs, costly-to-decode interlaced PNGs, WebPs. Everything is
-// deterministic, and flat images of tens of megapixels take well under a second to make (libvips
-// encodes a constant image; the interlaced PNG is written directly).
+// without restart markers), JPEG scan bombs, costly-to-decode interlaced PNGs, WebPs (lossy or
+// lossless, with or without alpha and metadata) and animated WebPs. Everything is deterministic, and
+// flat images of tens of megapixels take well under a second to make (libvips encodes a constant
+// image; the interlaced PNG is written directly).
 //
 // The functions panic on failure: they are for tests. The package depends on nothing in the
 // repository, so any package's tests can use it, imageops' own included.
@@ -41,8 +42,38 @@ static int tm_png(VipsImage *in, int interlace, void **buf, size_t *len) {
 	return vips_pngsave_buffer(in, buf, len, "interlace", interlace, "compression", 6, "strip", TRUE, NULL);
 }
 
-static int tm_webp(VipsImage *in, int lossless, void **buf, size_t *len) {
-	return vips_webpsave_buffer(in, buf, len, "lossless", lossless, "Q", 90, "effort", 1, "strip", TRUE, NULL);
+static int tm_webp(VipsImage *in, int lossless, int q, int strip, void **buf, size_t *len) {
+	return vips_webpsave_buffer(in, buf, len, "lossless", lossless, "Q", q, "effort", 1, "strip", strip, NULL);
+}
+
+static int tm_srgb(void **data, size_t *len) {
+	VipsBlob *blob;
+	if (vips_profile_load("srgb", &blob, NULL))
+		return -1;
+	size_t n;
+	const void *p = vips_blob_get(blob, &n);
+	*data = g_memdup2(p, n);
+	*len = n;
+	vips_area_unref(VIPS_AREA(blob));
+	return 0;
+}
+
+// tm_header reads a header with libvips (for this package's tests).
+static int tm_header(const void *buf, size_t len, int *w, int *h, int *bands, int *pages, int *orientation) {
+	VipsImage *img = vips_image_new_from_buffer(buf, len, "", NULL);
+	if (!img)
+		return -1;
+	*w = img->Xsize;
+	*h = img->Ysize;
+	*bands = img->Bands;
+	*pages = vips_image_get_n_pages(img);
+	*orientation = vips_image_get_orientation(img);
+	g_object_unref(img);
+	return 0;
+}
+
+static void tm_set_blob(VipsImage *img, const char *name, const void *data, size_t len) {
+	vips_image_set_blob_copy(img, name, data, len);
 }
 */
 import "C"
@@ -276,17 +307,163 @@ func PNG(w, h int, flat, interlaced bool) []byte {
 // WebP encodes a w x h RGB image with libvips (libwebp at effort 1, lossy at Q 90 or lossless), flat
 // or noise.
 func WebP(w, h int, lossless, flat bool) []byte {
-	img := makeImage(w, h, 3, flat)
+	return WebPWith(w, h, WebPOptions{Lossless: lossless, Flat: flat})
+}
+
+// WebPOptions describe a WebP to make.
+type WebPOptions struct {
+	Lossless bool
+	Flat     bool // one colour (Colour) instead of noise
+	Alpha    bool // RGBA: noise alpha too, or Colour[3] when flat (opaque, the default: libwebp drops it)
+	Quality  int  // lossy quality; 0: 90
+	// Metadata to attach (nothing: none). libvips writes them as the ICCP, EXIF and XMP chunks of an
+	// extended (VP8X) file; EXIF must parse (libvips rebuilds it from its fields before writing).
+	ICC, EXIF, XMP []byte
+}
+
+// WebPWith encodes a w x h image with libvips (libwebp at effort 1).
+func WebPWith(w, h int, o WebPOptions) []byte {
+	bands := 3
+	if o.Alpha {
+		bands = 4
+	}
+	q := o.Quality
+	if q == 0 {
+		q = 90
+	}
+	img := makeImage(w, h, bands, o.Flat)
 	defer C.g_object_unref(C.gpointer(img))
+	meta := false
+	for _, m := range []struct {
+		name string
+		data []byte
+	}{{"icc-profile-data", o.ICC}, {"exif-data", o.EXIF}, {"xmp-data", o.XMP}} {
+		if len(m.data) == 0 {
+			continue
+		}
+		meta = true
+		name := C.CString(m.name)
+		C.tm_set_blob(img, name, unsafe.Pointer(&m.data[0]), C.size_t(len(m.data)))
+		C.free(unsafe.Pointer(name))
+	}
 	var buf unsafe.Pointer
 	var n C.size_t
-	rc := C.tm_webp(img, cbool(lossless), &buf, &n)
+	rc := C.tm_webp(img, cbool(o.Lossless), C.int(q), cbool(!meta), &buf, &n)
 	return encoded("webpsave", rc, buf, n)
 }
+
+// SRGBProfile is libvips' built-in sRGB ICC profile.
+func SRGBProfile() []byte {
+	vipsInit()
+	var buf unsafe.Pointer
+	var n C.size_t
+	return encoded("profile_load", C.tm_srgb(&buf, &n), buf, n)
+}
+
+// EXIF is a minimal little-endian EXIF block (as libvips stores it: starting "Exif\0\0") whose
+// IFD0 holds only an Orientation tag (1-8).
+func EXIF(orientation int) []byte {
+	b := []byte("Exif\x00\x00II*\x00\x08\x00\x00\x00")
+	b = binary.LittleEndian.AppendUint16(b, 1)      // one entry
+	b = binary.LittleEndian.AppendUint16(b, 0x0112) // Orientation
+	b = binary.LittleEndian.AppendUint16(b, 3)      // SHORT
+	b = binary.LittleEndian.AppendUint32(b, 1)      // one value
+	b = binary.LittleEndian.AppendUint16(b, uint16(orientation))
+	b = binary.LittleEndian.AppendUint16(b, 0)
+	return binary.LittleEndian.AppendUint32(b, 0) // no next IFD
+}
+
+// WebPFrame is one frame of AnimatedWebP: a noise image of W x H at (X, Y) on the canvas (even
+// offsets, as the format stores them halved).
+type WebPFrame struct {
+	X, Y, W, H      int
+	Lossless, Alpha bool
+	DurationMS      int
+	Blend           bool // alpha-blend over the canvas (else replace the frame's area)
+	Dispose         bool // clear the frame's area to transparent before the next frame
+}
+
+// AnimatedWebP assembles an animated WebP of a w x h canvas (looping forever) from frames encoded by
+// WebPWith, writing the container chunks (VP8X, ANIM, ANMF) directly: libvips' encoder decides frame
+// rectangles itself, this places them where the test wants.
+func AnimatedWebP(w, h int, frames []WebPFrame) []byte {
+	var body bytes.Buffer
+	body.WriteString("WEBP")
+	vp8x := make([]byte, 10)
+	vp8x[0] = 0x02 // animation
+	for _, f := range frames {
+		if f.Alpha {
+			vp8x[0] |= 0x10
+		}
+	}
+	putLE24(vp8x[4:], w-1)
+	putLE24(vp8x[7:], h-1)
+	riffChunk(&body, "VP8X", vp8x)
+	riffChunk(&body, "ANIM", []byte{0, 0, 0, 0, 0, 0}) // background transparent black, loop forever
+	for i, f := range frames {
+		img := WebPWith(f.W, f.H, WebPOptions{Lossless: f.Lossless, Alpha: f.Alpha, Quality: 80 + i})
+		hdr := make([]byte, 16)
+		putLE24(hdr[0:], f.X/2)
+		putLE24(hdr[3:], f.Y/2)
+		putLE24(hdr[6:], f.W-1)
+		putLE24(hdr[9:], f.H-1)
+		putLE24(hdr[12:], f.DurationMS)
+		if !f.Blend {
+			hdr[15] |= 0x02
+		}
+		if f.Dispose {
+			hdr[15] |= 0x01
+		}
+		payload := append(hdr, imageChunks(img)...)
+		riffChunk(&body, "ANMF", payload)
+	}
+	var out bytes.Buffer
+	out.WriteString("RIFF")
+	binary.Write(&out, binary.LittleEndian, uint32(body.Len()))
+	out.Write(body.Bytes())
+	return out.Bytes()
+}
+
+// imageChunks returns the ALPH, VP8 and VP8L chunks of a still WebP, as they are stored.
+func imageChunks(b []byte) []byte {
+	var out []byte
+	for p := 12; p+8 <= len(b); {
+		n := int(binary.LittleEndian.Uint32(b[p+4:]))
+		end := p + 8 + n + n&1
+		switch string(b[p : p+4]) {
+		case "ALPH", "VP8 ", "VP8L":
+			out = append(out, b[p:end]...)
+		}
+		p = end
+	}
+	return out
+}
+
+func riffChunk(out *bytes.Buffer, tag string, data []byte) {
+	out.WriteString(tag)
+	binary.Write(out, binary.LittleEndian, uint32(len(data)))
+	out.Write(data)
+	if len(data)&1 == 1 {
+		out.WriteByte(0)
+	}
+}
+
+func putLE24(b []byte, v int) { b[0], b[1], b[2] = byte(v), byte(v>>8), byte(v>>16) }
 
 func cbool(b bool) C.int {
 	if b {
 		return 1
 	}
 	return 0
+}
+
+// libvipsHeader is what libvips reads from an image's header (this package's tests check what they
+// make with it).
+func libvipsHeader(b []byte) (w, h, bands, pages, orientation int, err error) {
+	vipsInit()
+	var cw, ch, cb, cp, co C.int
+	if C.tm_header(unsafe.Pointer(&b[0]), C.size_t(len(b)), &cw, &ch, &cb, &cp, &co) != 0 {
+		return 0, 0, 0, 0, 0, fmt.Errorf("%s", vipsError("header"))
+	}
+	return int(cw), int(ch), int(cb), int(cp), int(co), nil
 }

@@ -123,3 +123,47 @@ func TestPNGAndWebP(t *testing.T) {
 		}
 	}
 }
+
+// WebPWith makes what it is asked for: the codec's chunk, an alpha band (lossy: an ALPH chunk), the
+// metadata chunks, and an EXIF orientation libvips reads back.
+func TestWebPWith(t *testing.T) {
+	for _, c := range []struct {
+		o      WebPOptions
+		chunks []string
+		bands  int
+	}{
+		{WebPOptions{}, []string{"VP8 "}, 3},
+		{WebPOptions{Quality: 75, Flat: true}, []string{"VP8 "}, 3},
+		{WebPOptions{Alpha: true}, []string{"VP8X", "ALPH", "VP8 "}, 4},
+		{WebPOptions{Lossless: true, Alpha: true}, []string{"VP8X", "VP8L"}, 4},
+		{WebPOptions{ICC: SRGBProfile(), EXIF: EXIF(6), XMP: []byte("<x/>")}, []string{"VP8X", "ICCP", "VP8 ", "EXIF", "XMP "}, 3},
+	} {
+		b := WebPWith(30, 20, c.o)
+		for _, tag := range c.chunks {
+			if !bytes.Contains(b, []byte(tag)) {
+				t.Errorf("%+v: no %q chunk", c.o, tag)
+			}
+		}
+		w, h, bands, _, orientation, err := libvipsHeader(b)
+		want := 1
+		if c.o.EXIF != nil {
+			want = 6
+		}
+		if err != nil || w != 30 || h != 20 || bands != c.bands || orientation != want {
+			t.Errorf("%+v: libvips reads %dx%d, %d bands, orientation %d, %v; want 30x20, %d, %d", c.o, w, h, bands, orientation, err, c.bands, want)
+		}
+	}
+}
+
+// AnimatedWebP writes a file libvips reads as an animation of the canvas size, with alpha (its first
+// frame does not cover the canvas).
+func TestAnimatedWebP(t *testing.T) {
+	b := AnimatedWebP(40, 30, []WebPFrame{{X: 4, Y: 2, W: 20, H: 10, Alpha: true}, {W: 40, H: 30, Lossless: true}, {X: 10, W: 8, H: 8}})
+	w, h, bands, pages, _, err := libvipsHeader(b)
+	if err != nil || w != 40 || h != 30 || bands != 4 || pages != 3 {
+		t.Fatalf("libvips reads %dx%d, %d bands, %d pages, %v; want 40x30, 4 bands, 3 pages", w, h, bands, pages, err)
+	}
+	if n := bytes.Count(b, []byte("ANMF")); n != 3 {
+		t.Errorf("%d ANMF chunks", n)
+	}
+}
