@@ -24,6 +24,7 @@ import (
 
 	"upsize/internal/imageops"
 	"upsize/internal/testenv"
+	"upsize/internal/testimg"
 )
 
 // scrapeInterval is the ServiceMonitors' interval; the real run's gathers stand for scrapes this far apart.
@@ -98,13 +99,13 @@ func serveTraffic(t *testing.T) *realRun {
 	scrape()
 	for round := 1; round <= 2; round++ {
 		ctx := context.Background()
-		id := e.UploadOK(u.Key, testenv.PNG(testenv.Gradient(16, 16)))
+		id := e.UploadOK(u.Key, testimg.EncodePNG(testimg.Gradient(16, 16)))
 		r2 := fmt.Sprintf("round%d-2x", round)
 		e.Want(e.Upsize(ctx, u.Key, id, "2x", r2), 201, "")
 		e.Want(e.Upsize(ctx, u.Key, id, "4x", fmt.Sprintf("round%d-4x", round)), 201, "")
 		e.Want(e.Cancel(u.Key, r2), 409, "request_already_completed")
 		e.Want(e.Upsize(ctx, u.Key, 999999, "2x", ""), 404, "no_input_image (999999)")
-		fid := e.UploadOK(free.Key, testenv.PNG(testenv.Gradient(16, 16)))
+		fid := e.UploadOK(free.Key, testimg.EncodePNG(testimg.Gradient(16, 16)))
 		e.Want(e.Upsize(ctx, free.Key, fid, "2x", fmt.Sprintf("round%d-free", round)), 201, "")
 
 		rc := fmt.Sprintf("round%d-cancel", round)
@@ -129,7 +130,7 @@ func serveTraffic(t *testing.T) *realRun {
 	full := testenv.New(t, testenv.Options{NoWorker: true, WaitTimeout: 50 * time.Millisecond, QueueMaxBacklog: 1})
 	full.Configure()
 	fu := full.NewUser("free", 100)
-	fid := full.UploadOK(fu.Key, testenv.PNG(testenv.Gradient(16, 16)))
+	fid := full.UploadOK(fu.Key, testimg.EncodePNG(testimg.Gradient(16, 16)))
 	full.Want(full.Upsize(context.Background(), fu.Key, fid, "2x", "wait-1"), 202, "")
 	full.Want(full.Upsize(context.Background(), fu.Key, fid, "2x", "wait-2"), 202, "")
 	full.Want(full.Upsize(context.Background(), fu.Key, fid, "2x", "wait-3"), 429, "queue_full")

@@ -33,6 +33,7 @@ import (
 	"upsize/internal/jobs"
 	"upsize/internal/policy"
 	"upsize/internal/testenv"
+	"upsize/internal/testimg"
 )
 
 // faultClient is bounded, and its helpers return errors instead of calling t.Fatal: they run in goroutines.
@@ -97,10 +98,10 @@ func (s *service) faultUsers(api *proc, n, credits int) []*faultUser {
 			format string
 			scales []string
 		}{
-			{testenv.PNG(testenv.Noise(640, 480, int64(10+i))), 640, 480, "png", []string{"2x", "4x"}},
-			{testenv.JPEG(testenv.Gradient(800, 600)), 800, 600, "jpeg", []string{"2x"}},
-			{testenv.JPEG(testenv.Noise(512, 512, int64(20+i))), 512, 512, "jpeg", []string{"2x", "4x"}},
-			{testenv.PNG(testenv.Gradient(400, 300)), 400, 300, "png", []string{"2x", "4x"}},
+			{testimg.EncodePNG(testimg.Noise(640, 480, int64(10+i))), 640, 480, "png", []string{"2x", "4x"}},
+			{testimg.EncodeJPEG(testimg.Gradient(800, 600)), 800, 600, "jpeg", []string{"2x"}},
+			{testimg.EncodeJPEG(testimg.Noise(512, 512, int64(20+i))), 512, 512, "jpeg", []string{"2x", "4x"}},
+			{testimg.EncodePNG(testimg.Gradient(400, 300)), 400, 300, "png", []string{"2x", "4x"}},
 		} {
 			ct, body := testenv.Multipart(x.data, nil)
 			up := call(t, "POST", "http://"+api.addr+"/api/images", map[string]string{"X-Api-Key": key}, body, ct)

@@ -57,7 +57,7 @@ func TestAPIMemoryStaysWithinItsBound(t *testing.T) {
 
 	// 40 uploads of 30 MB of noise (valid PNGs, so each is held and decoded) and 4 progressive JPEGs whose
 	// decodes hold ~150 MB each.
-	big := testenv.PNG(testenv.Noise(3150, 3150, 3)) // 29.8 MB: noise does not compress
+	big := testimg.EncodePNG(testimg.Noise(3150, 3150, 3)) // 29.8 MB: noise does not compress
 	progressive := testimg.ProgressiveJPEG(5000, 5000, true)
 	t.Logf("uploads: %d × %.1f MB PNG, 4 × %.1f MB progressive JPEG", 40, float64(len(big))/1e6, float64(len(progressive))/1e6)
 	base := "http://" + api.addr

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"upsize/internal/testenv"
+	"upsize/internal/testimg"
 	"upsize/internal/testredis"
 )
 
@@ -177,7 +178,7 @@ func (s *service) setup(api *proc, credits int) (int64, string, int64) {
 	uid := int64(u.body["user"].(map[string]any)["id"].(float64))
 	k := call(t, "POST", base+"/admin/users/"+strconv.FormatInt(uid, 10)+"/api-keys", admin, []byte("{}"), "application/json")
 	key := k.body["apiKey"].(string)
-	ct, body := testenv.Multipart(testenv.PNG(testenv.Noise(1024, 1024, 1)), nil)
+	ct, body := testenv.Multipart(testimg.EncodePNG(testimg.Noise(1024, 1024, 1)), nil)
 	up := call(t, "POST", base+"/api/images", map[string]string{"X-Api-Key": key}, body, ct)
 	if up.status != 201 {
 		t.Fatalf("upload: %d %v", up.status, up.body)

@@ -24,13 +24,14 @@ import (
 	"upsize/internal/imageops"
 	"upsize/internal/store"
 	"upsize/internal/testenv"
+	"upsize/internal/testimg"
 )
 
 func TestUploadAndReadBack(t *testing.T) {
 	e := testenv.New(t, testenv.Options{NoWorker: true})
 	u := e.NewUser("paid", 0)
 	other := e.NewUser("paid", 0)
-	src := testenv.PNG(testenv.Gradient(120, 80))
+	src := testimg.EncodePNG(testimg.Gradient(120, 80))
 	r := e.Upload(u.Key, src, map[string]string{"originalPrompt": "fox 🦊", "super": "S", "main": "M", "groupId": "g", "blurReason": "b", "variationId": "7"})
 	e.Want(r, 201, "")
 	im := r.Image()
@@ -61,8 +62,8 @@ func TestUploadAndReadBack(t *testing.T) {
 func TestUploadRejectsWhatIsNotASupportedImage(t *testing.T) {
 	e := testenv.New(t, testenv.Options{NoWorker: true, MaxInputPixels: 10000})
 	u := e.NewUser("paid", 0)
-	good := testenv.PNG(testenv.Gradient(20, 20))
-	truncated := testenv.JPEG(testenv.Noise(64, 64, 1))
+	good := testimg.EncodePNG(testimg.Gradient(20, 20))
+	truncated := testimg.EncodeJPEG(testimg.Noise(64, 64, 1))
 	truncated = truncated[:len(truncated)/2]
 	for _, c := range []struct {
 		name   string
@@ -75,7 +76,7 @@ func TestUploadRejectsWhatIsNotASupportedImage(t *testing.T) {
 		{"empty file", []byte{}, nil, 415, "unsupported_image_format"},
 		{"text", []byte("hello, not an image"), nil, 415, "unsupported_image_format"},
 		{"truncated JPEG", truncated, nil, 422, "invalid_image"},
-		{"over MAX_INPUT_PIXELS", testenv.PNG(testenv.Gradient(101, 100)), nil, 422, "image_too_large"},
+		{"over MAX_INPUT_PIXELS", testimg.EncodePNG(testimg.Gradient(101, 100)), nil, 422, "image_too_large"},
 		{"variationId not a number", good, map[string]string{"variationId": "seven"}, 400, "invalid_field (variationId)"},
 	} {
 		r := e.Upload(u.Key, c.file, c.fields)
@@ -114,9 +115,9 @@ func TestUpsizeKeepsFormatAlphaAndOrientation(t *testing.T) {
 		}
 		return img
 	}
-	check("jpeg", testenv.JPEG(testenv.Gradient(40, 30)), "jpeg", 80, 60)
-	check("webp", testenv.WebP(testenv.Gradient(40, 30)), "webp", 80, 60)
-	img := check("png with alpha", testenv.PNG(testenv.HalfTransparent(40, 30)), "png", 80, 60)
+	check("jpeg", testimg.EncodeJPEG(testimg.Gradient(40, 30)), "jpeg", 80, 60)
+	check("webp", testimg.EncodeWebP(testimg.Gradient(40, 30)), "webp", 80, 60)
+	img := check("png with alpha", testimg.EncodePNG(testimg.HalfTransparent(40, 30)), "png", 80, 60)
 	if _, _, _, a := img.At(5, 30).RGBA(); a != 0 {
 		t.Fatalf("transparent half of the PNG came back with alpha %d", a)
 	}
@@ -132,7 +133,7 @@ func TestSlowUpsizeAnswers202AndCompletes(t *testing.T) {
 	e := testenv.New(t, testenv.Options{WaitTimeout: 100 * time.Millisecond, Upsize: gated(release)})
 	e.Configure()
 	u := e.NewUser("paid", 2)
-	id := e.UploadOK(u.Key, testenv.PNG(testenv.Gradient(32, 32)))
+	id := e.UploadOK(u.Key, testimg.EncodePNG(testimg.Gradient(32, 32)))
 	r := e.Upsize(context.Background(), u.Key, id, "", "slow-1")
 	e.Want(r, 202, "")
 	if !bytes.Equal(compactJSON(t, r.Body), []byte(`{"code":202,"data":{"requestId":"slow-1"},"success":true}`)) || r.Header.Get("X-Request-Id") != "slow-1" {
@@ -160,7 +161,7 @@ func TestClientDisconnectDoesNotCancel(t *testing.T) {
 	e := testenv.New(t, testenv.Options{Upsize: gated(release)})
 	e.Configure()
 	u := e.NewUser("paid", 1)
-	id := e.UploadOK(u.Key, testenv.PNG(testenv.Gradient(32, 32)))
+	id := e.UploadOK(u.Key, testimg.EncodePNG(testimg.Gradient(32, 32)))
 	ctx, hangUp := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); e.Upsize(ctx, u.Key, id, "", "gone-1") }()
@@ -187,7 +188,7 @@ func TestWorkerFailureRefunds(t *testing.T) {
 	}})
 	e.Configure()
 	u := e.NewUser("paid", 4)
-	id := e.UploadOK(u.Key, testenv.PNG(testenv.Gradient(16, 16)))
+	id := e.UploadOK(u.Key, testimg.EncodePNG(testimg.Gradient(16, 16)))
 	e.Want(e.Upsize(context.Background(), u.Key, id, "8x", "bad-1"), 422, "invalid_image")
 	if c := e.Credits(u.ID); c != 4 {
 		t.Fatalf("credits %d after a failed 8x, want 4 (refunded)", c)
@@ -218,7 +219,7 @@ func TestQueueFull(t *testing.T) {
 	e := testenv.New(t, testenv.Options{NoWorker: true, QueueMaxBacklog: 1, WaitTimeout: 10 * time.Millisecond})
 	e.Configure()
 	u := e.NewUser("paid", 10)
-	id := e.UploadOK(u.Key, testenv.PNG(testenv.Gradient(16, 16)))
+	id := e.UploadOK(u.Key, testimg.EncodePNG(testimg.Gradient(16, 16)))
 	e.Want(e.Upsize(context.Background(), u.Key, id, "", "q-1"), 202, "")
 	e.Want(e.Upsize(context.Background(), u.Key, id, "", "q-2"), 202, "")
 	r := e.Upsize(context.Background(), u.Key, id, "", "q-3")
@@ -241,7 +242,7 @@ func TestRequestIDsAreScopedToTheUser(t *testing.T) {
 	e := testenv.New(t, testenv.Options{})
 	e.Configure()
 	a, b := e.NewUser("paid", 1), e.NewUser("paid", 1)
-	ai := e.UploadOK(a.Key, testenv.PNG(testenv.Gradient(16, 16)))
+	ai := e.UploadOK(a.Key, testimg.EncodePNG(testimg.Gradient(16, 16)))
 	e.Want(e.Upsize(context.Background(), a.Key, ai, "", "shared-id"), 201, "")
 	e.Want(e.RequestState(b.Key, "shared-id"), 404, "no_request (shared-id)")
 	e.Want(e.Cancel(b.Key, "shared-id"), 200, "") // a tombstone in B's namespace only
@@ -262,7 +263,7 @@ func TestConcurrentUpsizesNeverOverspend(t *testing.T) {
 	e.Configure()
 	const credits, attempts = 7, 40
 	u := e.NewUser("paid", credits)
-	id := e.UploadOK(u.Key, testenv.PNG(testenv.Gradient(8, 8)))
+	id := e.UploadOK(u.Key, testimg.EncodePNG(testimg.Gradient(8, 8)))
 	var mu sync.Mutex
 	statuses := map[int]int{}
 	var wg sync.WaitGroup

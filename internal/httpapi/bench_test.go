@@ -13,6 +13,7 @@ import (
 	"upsize/internal/imageops"
 	"upsize/internal/jobs"
 	"upsize/internal/testenv"
+	"upsize/internal/testimg"
 )
 
 // percentiles reports p50, p99 and max of ds, in milliseconds, as benchmark metrics.
@@ -47,7 +48,7 @@ func BenchmarkQueueWait(b *testing.B) {
 				n = 12
 			}
 			u := e.NewUser("paid", int64(n))
-			id := e.UploadOK(u.Key, testenv.PNG(testenv.Gradient(8, 8)))
+			id := e.UploadOK(u.Key, testimg.EncodePNG(testimg.Gradient(8, 8)))
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
 				for k := 0; k < n; k++ {
@@ -69,7 +70,7 @@ func BenchmarkConcurrentWaiting(b *testing.B) {
 		e := testenv.New(b, testenv.Options{NoWorker: true, Concurrency: 8})
 		e.Configure()
 		u := e.NewUser("paid", n)
-		id := e.UploadOK(u.Key, testenv.PNG(testenv.Gradient(8, 8)))
+		id := e.UploadOK(u.Key, testimg.EncodePNG(testimg.Gradient(8, 8)))
 		var wg sync.WaitGroup
 		var mu sync.Mutex
 		statuses := map[int]int{}
@@ -125,7 +126,7 @@ func BenchmarkCancelRunning8x(b *testing.B) {
 	e.Configure()
 	const rounds = 20
 	u := e.NewUser("paid", 4)
-	id := e.UploadOK(u.Key, testenv.PNG(testenv.Noise(1024, 1024, 3)))
+	id := e.UploadOK(u.Key, testimg.EncodePNG(testimg.Noise(1024, 1024, 3)))
 	var toAnswer, toStop []time.Duration
 	for i := 0; i < b.N; i++ {
 		for k := 0; k < rounds; k++ {
@@ -166,7 +167,7 @@ func BenchmarkServiceOverhead(b *testing.B) {
 	e.Configure()
 	const n = 60
 	u := e.NewUser("paid", n*int64(b.N))
-	src := testenv.PNG(testenv.Gradient(256, 256))
+	src := testimg.EncodePNG(testimg.Gradient(256, 256))
 	id := e.UploadOK(u.Key, src)
 	var svc, alone []time.Duration
 	for i := 0; i < b.N; i++ {
@@ -195,7 +196,7 @@ func BenchmarkServiceThroughput(b *testing.B) {
 	e := testenv.New(b, testenv.Options{PollInterval: def.WorkerPollInterval, Concurrency: conc})
 	e.Configure()
 	u := e.NewUser("paid", n*int64(b.N))
-	src := testenv.PNG(testenv.Noise(384, 384, 5))
+	src := testimg.EncodePNG(testimg.Noise(384, 384, 5))
 	id := e.UploadOK(u.Key, src)
 	var svc, alone time.Duration
 	for i := 0; i < b.N; i++ {
@@ -244,7 +245,7 @@ func BenchmarkPaidDuringFreeBurst(b *testing.B) {
 	const burst, paidN = 80, 12
 	free := e.NewUser("free", burst*int64(b.N))
 	paid := e.NewUser("paid", 2*paidN*int64(b.N))
-	src := testenv.PNG(testenv.Noise(320, 320, 7))
+	src := testimg.EncodePNG(testimg.Noise(320, 320, 7))
 	freeImg, paidImg := e.UploadOK(free.Key, src), e.UploadOK(paid.Key, src)
 	paidRun := func(tag string) []time.Duration {
 		var lat []time.Duration

@@ -17,6 +17,7 @@ import (
 	"upsize/internal/imageops"
 	"upsize/internal/store"
 	"upsize/internal/testenv"
+	"upsize/internal/testimg"
 )
 
 // when a cancel is fired, relative to its upsize
@@ -68,7 +69,7 @@ func TestCancelAtRandomMomentsKeepsOneOutcome(t *testing.T) {
 	uploads := map[int64]bool{}
 	for u := 0; u < users; u++ {
 		usr := e.NewUser("paid", credits)
-		img := e.UploadOK(usr.Key, testenv.PNG(testenv.Noise(48, 32, int64(u))))
+		img := e.UploadOK(usr.Key, testimg.EncodePNG(testimg.Noise(48, 32, int64(u))))
 		uploads[img] = true
 		for i := 0; i < perUser; i++ {
 			trials = append(trials, &trial{

@@ -18,6 +18,7 @@ import (
 	"upsize/internal/httpapi"
 	"upsize/internal/store"
 	"upsize/internal/testenv"
+	"upsize/internal/testimg"
 )
 
 // Each test here is an attack from the security review (docs/security.md), and what the service must do.
@@ -173,7 +174,7 @@ func TestBodyDeadlineDoesNotCutLongWaits(t *testing.T) {
 	e := testenv.New(t, testenv.Options{NoWorker: true, BodyTimeout: time.Second, WaitTimeout: 2500 * time.Millisecond})
 	e.Configure()
 	u := e.NewUser("paid", 10)
-	id := e.UploadOK(u.Key, testenv.PNG(testenv.Gradient(16, 16)))
+	id := e.UploadOK(u.Key, testimg.EncodePNG(testimg.Gradient(16, 16)))
 	r := e.Upsize(context.Background(), u.Key, id, "2x", "long-wait")
 	e.Want(r, 202, "") // answered at the wait timeout, 2.5 s: the 1 s body deadline did not end it
 }
@@ -197,7 +198,7 @@ func TestUploadMemoryIsBounded(t *testing.T) {
 		t.Fatal("503 server_busy without Retry-After")
 	}
 	// A small upload fits beside the trickling one.
-	e.Want(e.Upload(u.Key, testenv.PNG(testenv.Gradient(8, 8)), nil), 201, "")
+	e.Want(e.Upload(u.Key, testimg.EncodePNG(testimg.Gradient(8, 8)), nil), 201, "")
 }
 
 // A large file under a wrong field name is not a file: 400 missing_file, and the unknown part is skipped
@@ -232,7 +233,7 @@ func TestUploadPartsAreJudgedByName(t *testing.T) {
 func TestFilesAnswerHeadAndRangeAndNothingIsSniffed(t *testing.T) {
 	e := testenv.New(t, testenv.Options{NoWorker: true})
 	u := e.NewUser("paid", 0)
-	src := testenv.PNG(testenv.Gradient(40, 30))
+	src := testimg.EncodePNG(testimg.Gradient(40, 30))
 	id := e.UploadOK(u.Key, src)
 	path := fmt.Sprintf("/api/images/%d/file", id)
 	h := e.Do(testenv.Req{Method: "HEAD", Path: path, Key: u.Key})
@@ -269,7 +270,7 @@ func TestDuplicateJSONKeysAreRefused(t *testing.T) {
 	if c := e.Credits(u.ID); c != 10 {
 		t.Fatalf("credits %d after a refused patch", c)
 	}
-	id := e.UploadOK(u.Key, testenv.PNG(testenv.Gradient(16, 16)))
+	id := e.UploadOK(u.Key, testimg.EncodePNG(testimg.Gradient(16, 16)))
 	r = e.Do(testenv.Req{Method: "POST", Path: fmt.Sprintf("/api/images/%d/upsize", id), Key: u.Key,
 		Body: []byte(`{"scaleSize": "2x", "scaleSize": "8x"}`), ContentType: "application/json"})
 	e.Want(r, 400, "invalid_scale_size")
@@ -314,8 +315,8 @@ func TestFormatSideLimitsAtAdmission(t *testing.T) {
 	e := testenv.New(t, testenv.Options{NoWorker: true})
 	e.Configure()
 	u := e.NewUser("paid", 100)
-	webp := e.UploadOK(u.Key, testenv.WebP(testenv.Gradient(4200, 100)))
-	jpeg := e.UploadOK(u.Key, testenv.JPEG(testenv.Gradient(1, 9000)))
+	webp := e.UploadOK(u.Key, testimg.EncodeWebP(testimg.Gradient(4200, 100)))
+	jpeg := e.UploadOK(u.Key, testimg.EncodeJPEG(testimg.Gradient(1, 9000)))
 	e.Want(e.Upsize(context.Background(), u.Key, webp, "4x", "side-webp"), 422, "image_too_large") // 16,800 > 16,383
 	e.Want(e.Upsize(context.Background(), u.Key, jpeg, "8x", "side-jpeg"), 422, "image_too_large") // 72,000 > 65,500
 	if c := e.Credits(u.ID); c != 100 {
@@ -332,7 +333,7 @@ func TestQueuedRequestOutlivesRequestTTL(t *testing.T) {
 	e := testenv.New(t, testenv.Options{NoWorker: true, RequestTTL: time.Second, WaitTimeout: 200 * time.Millisecond})
 	e.Configure()
 	u := e.NewUser("paid", 10)
-	id := e.UploadOK(u.Key, testenv.PNG(testenv.Gradient(16, 16)))
+	id := e.UploadOK(u.Key, testimg.EncodePNG(testimg.Gradient(16, 16)))
 	e.Want(e.Upsize(context.Background(), u.Key, id, "2x", "patient"), 202, "")
 	time.Sleep(1500 * time.Millisecond)
 	e.StartWorker()
@@ -363,8 +364,8 @@ func TestOneUserCannotFillTheQueue(t *testing.T) {
 	e.Configure()
 	u := e.NewUser("paid", 100)
 	other := e.NewUser("paid", 100)
-	id := e.UploadOK(u.Key, testenv.PNG(testenv.Gradient(16, 16)))
-	otherID := e.UploadOK(other.Key, testenv.PNG(testenv.Gradient(16, 16)))
+	id := e.UploadOK(u.Key, testimg.EncodePNG(testimg.Gradient(16, 16)))
+	otherID := e.UploadOK(other.Key, testimg.EncodePNG(testimg.Gradient(16, 16)))
 	var wg sync.WaitGroup
 	statuses := make([]int, 10)
 	for i := range statuses {
@@ -414,6 +415,6 @@ func TestCancelsOfUnknownIdsAreBounded(t *testing.T) {
 	}
 	// The newest still work as tombstones: the upsize that follows its cancel answers 409.
 	e.Configure()
-	id := e.UploadOK(u.Key, testenv.PNG(testenv.Gradient(16, 16)))
+	id := e.UploadOK(u.Key, testimg.EncodePNG(testimg.Gradient(16, 16)))
 	e.Want(e.Upsize(context.Background(), u.Key, id, "2x", "ghost-199"), 409, "user_canceled_request")
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"upsize/internal/testenv"
+	"upsize/internal/testimg"
 )
 
 // After upsizes, a rejection, a cancel of running work and a cancel too late, the API and the worker
@@ -19,7 +20,7 @@ func TestMetricsAfterTraffic(t *testing.T) {
 	e := testenv.New(t, testenv.Options{Upsize: gated(release)})
 	e.Configure()
 	u := e.NewUser("paid", 10)
-	id := e.UploadOK(u.Key, testenv.PNG(testenv.Gradient(16, 16)))
+	id := e.UploadOK(u.Key, testimg.EncodePNG(testimg.Gradient(16, 16)))
 	done := make(chan *testenv.Resp, 1)
 	go func() { done <- e.Upsize(context.Background(), u.Key, id, "4x", "m-cancel") }()
 	waitState(t, e, u.Key, "m-cancel", "running")
@@ -97,7 +98,7 @@ func TestLogsCarryIDsAndNoSecrets(t *testing.T) {
 	e := testenv.New(t, testenv.Options{LogTo: &logs})
 	e.Configure()
 	u := e.NewUser("paid", 5)
-	id := e.UploadOK(u.Key, testenv.PNG(testenv.Gradient(16, 16)))
+	id := e.UploadOK(u.Key, testimg.EncodePNG(testimg.Gradient(16, 16)))
 	e.Want(e.Upsize(context.Background(), u.Key, id, "2x", "log-1"), 201, "")
 	e.Want(e.Cancel(u.Key, "log-2"), 200, "")
 	e.Want(e.Do(testenv.Req{Method: "GET", Path: "/admin/users/1", Key: u.Key}), 401, "invalid_admin_token")

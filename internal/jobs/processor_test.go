@@ -15,6 +15,7 @@ import (
 	"upsize/internal/jobs"
 	"upsize/internal/store"
 	"upsize/internal/testenv"
+	"upsize/internal/testimg"
 )
 
 // counting wraps imageops.Upsize: it counts runs, optionally fails the first ones, and blocks while
@@ -56,7 +57,7 @@ func TestQueueKeysAreAsynqs(t *testing.T) {
 	e.Configure()
 	paid, free := e.NewUser("paid", 10), e.NewUser("free", 10)
 	for _, u := range []testenv.User{paid, free} {
-		id := e.UploadOK(u.Key, testenv.PNG(testenv.Gradient(8, 8)))
+		id := e.UploadOK(u.Key, testimg.EncodePNG(testimg.Gradient(8, 8)))
 		e.Want(e.Upsize(context.Background(), u.Key, id, "", "k-1"), 202, "")
 	}
 	ctx := context.Background()
@@ -93,7 +94,7 @@ func TestCanceledRunningTaskIsNeverRetried(t *testing.T) {
 	}})
 	e.Configure()
 	u := e.NewUser("paid", 4)
-	id := e.UploadOK(u.Key, testenv.PNG(testenv.Gradient(16, 16)))
+	id := e.UploadOK(u.Key, testimg.EncodePNG(testimg.Gradient(16, 16)))
 	answer := make(chan *testenv.Resp, 1)
 	go func() { answer <- e.Upsize(context.Background(), u.Key, id, "8x", "run-cancel") }()
 	<-c.started
@@ -126,7 +127,7 @@ func TestCanceledQueuedTaskNeverRuns(t *testing.T) {
 	e := testenv.New(t, testenv.Options{NoWorker: true, WaitTimeout: 10 * time.Millisecond, Upsize: c.upsize})
 	e.Configure()
 	u := e.NewUser("paid", 1)
-	id := e.UploadOK(u.Key, testenv.PNG(testenv.Gradient(16, 16)))
+	id := e.UploadOK(u.Key, testimg.EncodePNG(testimg.Gradient(16, 16)))
 	e.Want(e.Upsize(context.Background(), u.Key, id, "", "queued-cancel"), 202, "")
 	e.Want(e.Cancel(u.Key, "queued-cancel"), 200, "")
 	if n, _ := e.Queue.Backlog(context.Background()); n != 0 {
@@ -148,7 +149,7 @@ func TestPassingFailureIsRetried(t *testing.T) {
 	e := testenv.New(t, testenv.Options{Upsize: c.upsize})
 	e.Configure()
 	u := e.NewUser("paid", 3)
-	id := e.UploadOK(u.Key, testenv.PNG(testenv.Gradient(16, 16)))
+	id := e.UploadOK(u.Key, testimg.EncodePNG(testimg.Gradient(16, 16)))
 	e.Want(e.Upsize(context.Background(), u.Key, id, "", "retry-1"), 201, "")
 	if n := c.runs.Load(); n != 2 {
 		t.Fatalf("runs %d, want 2 (one failure, one success)", n)
@@ -164,7 +165,7 @@ func TestExhaustedRetriesFailAndRefund(t *testing.T) {
 	e := testenv.New(t, testenv.Options{Upsize: c.upsize})
 	e.Configure()
 	u := e.NewUser("paid", 3)
-	id := e.UploadOK(u.Key, testenv.PNG(testenv.Gradient(16, 16)))
+	id := e.UploadOK(u.Key, testimg.EncodePNG(testimg.Gradient(16, 16)))
 	e.Want(e.Upsize(context.Background(), u.Key, id, "", "doomed"), 500, "upsize_failed")
 	if n := c.runs.Load(); n != jobs.MaxRetry+1 {
 		t.Fatalf("runs %d, want %d", n, jobs.MaxRetry+1)
@@ -180,7 +181,7 @@ func TestSweeperEnqueuesWhatADeadAPILeftBehind(t *testing.T) {
 	e := testenv.New(t, testenv.Options{})
 	e.Configure()
 	u := e.NewUser("paid", 5)
-	id := e.UploadOK(u.Key, testenv.PNG(testenv.Gradient(16, 16)))
+	id := e.UploadOK(u.Key, testimg.EncodePNG(testimg.Gradient(16, 16)))
 	ctx := context.Background()
 	// The dead API's half: admission only.
 	res, err := e.Registry.Admit(ctx, cancel.Admission{UserID: u.ID, RequestID: "orphan", ImageID: id, Scale: "2x",
@@ -222,7 +223,7 @@ func TestTaskOfALostRequestRefunds(t *testing.T) {
 	e := testenv.New(t, testenv.Options{NoWorker: true, WaitTimeout: 50 * time.Millisecond})
 	e.Configure()
 	u := e.NewUser("paid", 5)
-	id := e.UploadOK(u.Key, testenv.PNG(testenv.Gradient(16, 16)))
+	id := e.UploadOK(u.Key, testimg.EncodePNG(testimg.Gradient(16, 16)))
 	ctx := context.Background()
 	e.Want(e.Upsize(ctx, u.Key, id, "4x", "forgotten"), 202, "")
 	if c := e.Credits(u.ID); c != 3 {

@@ -1,4 +1,4 @@
-package testenv
+package testimg
 
 import (
 	"bytes"
@@ -10,6 +10,9 @@ import (
 
 	"github.com/h2non/bimg"
 )
+
+// Small pictures drawn in Go and their encodings, for tests that need an image of a given look rather
+// than a given file structure.
 
 // Gradient is an opaque colour gradient.
 func Gradient(w, h int) *image.NRGBA {
@@ -43,7 +46,8 @@ func HalfTransparent(w, h int) *image.NRGBA {
 	return img
 }
 
-func PNG(img image.Image) []byte {
+// EncodePNG encodes with Go's encoder at its fastest setting.
+func EncodePNG(img image.Image) []byte {
 	var b bytes.Buffer
 	if err := (&png.Encoder{CompressionLevel: png.BestSpeed}).Encode(&b, img); err != nil {
 		panic(err)
@@ -51,7 +55,8 @@ func PNG(img image.Image) []byte {
 	return b.Bytes()
 }
 
-func JPEG(img image.Image) []byte {
+// EncodeJPEG encodes with Go's encoder at quality 90.
+func EncodeJPEG(img image.Image) []byte {
 	var b bytes.Buffer
 	if err := jpeg.Encode(&b, img, &jpeg.Options{Quality: 90}); err != nil {
 		panic(err)
@@ -59,9 +64,9 @@ func JPEG(img image.Image) []byte {
 	return b.Bytes()
 }
 
-// WebP encodes with libvips (the standard library has no WebP encoder).
-func WebP(img image.Image) []byte {
-	b, err := bimg.NewImage(PNG(img)).Convert(bimg.WEBP)
+// EncodeWebP encodes with libvips (the standard library has no WebP encoder).
+func EncodeWebP(img image.Image) []byte {
+	b, err := bimg.NewImage(EncodePNG(img)).Convert(bimg.WEBP)
 	if err != nil {
 		panic(err)
 	}
