@@ -110,3 +110,17 @@ func TestScaleFactor(t *testing.T) {
 		}
 	}
 }
+
+func TestWorkGrowsWithPixelsAndFormat(t *testing.T) {
+	m := DefaultWork
+	small, big := m.Estimate("jpeg", 512*512*4), m.Estimate("jpeg", 100_000_000)
+	if small >= big || small < m.Fixed || big/small < 20 {
+		t.Fatalf("jpeg: 1 MP %s, 100 MP %s", small, big)
+	}
+	if m.Estimate("png", 4_000_000) <= m.Estimate("jpeg", 4_000_000) {
+		t.Fatal("PNG results cost more than JPEG ones")
+	}
+	if m.Estimate("tiff", 1_000_000) < m.Estimate("webp", 1_000_000) {
+		t.Fatal("an unknown format must cost as the dearest")
+	}
+}
