@@ -1,5 +1,3 @@
-// Package blob stores image bytes. Metadata lives in Redis; bytes live here, behind a small interface
-// so that a shared filesystem (BLOB_DIR) can later be swapped for an object store.
 package blob
 
 import (

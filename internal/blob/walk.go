@@ -22,8 +22,8 @@ type Entry struct {
 
 // Walker is what a garbage collector needs of a store: listing every object and every write that never
 // finished, and removing only what has not been written since a cutoff, so that a write racing the
-// collector survives it. FS implements it; an object store would list its objects and its unfinished
-// multipart uploads.
+// collector survives it. FS implements it (temporaries: files in .tmp), and so does Bucket (objects of
+// the bucket, temporaries: its unfinished multipart uploads).
 type Walker interface {
 	// Walk calls fn for each object, in no set order, until fn returns an error, which Walk returns.
 	// Objects written or deleted during the walk may or may not be seen; the others are seen once. Memory
