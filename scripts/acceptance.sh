@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the shared acceptance suite (../shared/acceptance, or $ACCEPTANCE_DIR) against a build started here
-# on free ports, Redis DB 15 and a temporary blob directory, so it can run beside a running service.
+# on free ports, Redis DB 15 and a temporary blob directory (ACCEPTANCE_BLOB=s3: a bucket of the test S3
+# server), so it can run beside a running service.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 suite=${ACCEPTANCE_DIR:-../shared/acceptance}
@@ -12,7 +13,16 @@ go build -o "$work/" ./cmd/api ./cmd/worker
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 api_port=$(free_port); worker_port=$(free_port)
 redis-cli -u "redis://$redis_base/15" flushdb >/dev/null
-export REDIS_URL=redis://$redis_base/15 BLOB_DIR=$work/blobs ADMIN_TOKEN=acceptance-$RANDOM$RANDOM
+unset BLOB_DIR
+export REDIS_URL=redis://$redis_base/15 BLOB_URL=file://$work/blobs ADMIN_TOKEN=acceptance-$RANDOM$RANDOM
+if [ "${ACCEPTANCE_BLOB:-}" = s3 ]; then
+  # The test S3 server (scripts/s3-local.sh) and a bucket of this run's: ids restart with the database.
+  s3=${TEST_S3_ADDR:-127.0.0.1:7070}
+  scripts/s3-local.sh "${s3##*:}" upsize-acceptance
+  export BLOB_URL="s3://upsize-acceptance?endpoint=http://$s3&region=us-east-1&use_path_style=true" \
+    AWS_ACCESS_KEY_ID=${TEST_S3_ACCESS_KEY:-upsize-test} AWS_SECRET_ACCESS_KEY=${TEST_S3_SECRET_KEY:-upsize-test-secret}
+fi
+echo "acceptance run: BLOB_URL=$BLOB_URL" >&2
 pids=()
 cleanup() {
   kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true

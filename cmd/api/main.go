@@ -53,7 +53,7 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.
 	// Each connection costs memory whatever it sends; past the bound, new ones wait in the kernel's
 	// accept queue.
 	ln = netutil.LimitListener(ln, int(cfg.MaxConnections))
-	log.Info("listening", "addr", ln.Addr().String(), "redis", redisconn.Redact(cfg.RedisURL), "blob_dir", cfg.BlobDir,
+	log.Info("listening", "addr", ln.Addr().String(), "redis", redisconn.Redact(cfg.RedisURL), "blob_url", cfg.BlobURL,
 		"admin_api", cfg.AdminToken != "")
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()

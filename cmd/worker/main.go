@@ -56,7 +56,7 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.
 		return err
 	}
 	log.Info("working", "addr", ln.Addr().String(), "concurrency", cfg.WorkerConcurrency,
-		"poll_interval", cfg.WorkerPollInterval, "redis", redisconn.Redact(cfg.RedisURL), "blob_dir", cfg.BlobDir)
+		"poll_interval", cfg.WorkerPollInterval, "redis", redisconn.Redact(cfg.RedisURL), "blob_url", cfg.BlobURL)
 
 	<-ctx.Done()
 	log.Info("shutting down", "timeout", cfg.ShutdownTimeout)

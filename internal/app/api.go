@@ -39,7 +39,7 @@ func NewAPI(b *Base) *API {
 			MaxUploadBytes: cfg.MaxUploadBytes, MaxInputPixels: cfg.MaxInputPixels, MaxOutputPixels: cfg.MaxOutputPixels,
 			QueueMaxBacklog: cfg.QueueMaxBacklog, WaitTimeout: cfg.UpsizeWaitTimeout,
 			BodyTimeout: cfg.BodyTimeout, UploadMemory: cfg.UploadMemory, ValidateMemory: cfg.ValidateMemory,
-			ValidateTimeout: cfg.ValidateTimeout, GateWait: cfg.UploadWait,
+			ValidateTimeout: cfg.ValidateTimeout, GateWait: cfg.UploadWait, FileRedirect: cfg.BlobRedirect,
 		},
 		AdminToken:     cfg.AdminToken,
 		Ready:          a.ready,

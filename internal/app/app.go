@@ -28,7 +28,7 @@ type Base struct {
 	Config   config.Config
 	Log      *slog.Logger
 	Redis    redis.UniversalClient
-	Blobs    *blob.FS
+	Blobs    blob.Store
 	Store    *store.Store
 	Registry *cancel.Registry
 	Metrics  *prometheus.Registry // this process's
@@ -50,10 +50,19 @@ func Open(role string, getenv func(string) string, stdout io.Writer) (*Base, err
 	if err != nil {
 		return nil, err
 	}
-	blobs, err := blob.NewFS(cfg.BlobDir)
+	// Opening sends nothing: a store that is away at start-up is not fatal, only the requests that need
+	// it fail (503) until it is back. Say so at once, though.
+	blobs, err := blob.Open(context.Background(), cfg.BlobURL)
 	if err != nil {
 		rdb.Close()
 		return nil, err
+	}
+	if c, ok := blobs.(interface{ Check(context.Context) error }); ok {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := c.Check(ctx); err != nil {
+			log.Warn("the blob store does not answer yet", "blob_url", cfg.BlobURL, "err", err) // no credentials in it
+		}
+		cancel()
 	}
 	return New(cfg, log, rdb, blobs), nil
 }
@@ -70,7 +79,7 @@ func defaultPool(role string, cfg config.Config) int {
 
 // New assembles a Base from parts already open (the test environment brings its own Redis database and
 // blob directory). It also configures libvips for this process.
-func New(cfg config.Config, log *slog.Logger, rdb redis.UniversalClient, blobs *blob.FS) *Base {
+func New(cfg config.Config, log *slog.Logger, rdb redis.UniversalClient, blobs blob.Store) *Base {
 	imageops.SetLogger(log)
 	imageops.Init(cfg.VipsConcurrency)
 	return &Base{
@@ -84,8 +93,13 @@ func New(cfg config.Config, log *slog.Logger, rdb redis.UniversalClient, blobs *
 	}
 }
 
-// Close releases the Redis client.
-func (b *Base) Close() error { return b.Redis.Close() }
+// Close releases the Redis client and the blob store's connections.
+func (b *Base) Close() error {
+	if c, ok := b.Blobs.(interface{ Close() error }); ok {
+		c.Close()
+	}
+	return b.Redis.Close()
+}
 
 // background is work that runs on a context of its own, which outlives the process's main one until
 // stop: listeners must keep working while the process drains.

@@ -10,6 +10,7 @@ import (
 
 	"github.com/hibiken/asynq"
 
+	"upsize/internal/blob"
 	"upsize/internal/cancel"
 	"upsize/internal/imageops"
 	"upsize/internal/janitor"
@@ -53,7 +54,11 @@ func NewWorker(b *Base, o WorkerOptions) (*Worker, error) {
 	}
 	// Stale partial writes and bytes without a record (crashes between the two) are removed by one
 	// janitor at a time across the workers.
-	jan, err := janitor.New(b.Redis, store.DefaultKeys, b.Blobs,
+	walker, ok := b.Blobs.(blob.Walker)
+	if !ok {
+		return nil, fmt.Errorf("the blob store %T cannot be walked: the janitor needs it", b.Blobs)
+	}
+	jan, err := janitor.New(b.Redis, store.DefaultKeys, walker,
 		janitor.Config{Interval: cfg.JanitorInterval, Grace: cfg.JanitorGrace}, b.Log, metrics.NewJanitor(b.Metrics))
 	if err != nil {
 		return nil, err

@@ -36,6 +36,7 @@ type Bucket struct {
 // Signer is what a store that can hand out presigned GET URLs implements (*Bucket).
 type Signer interface {
 	SignedURL(ctx context.Context, key string, ttl time.Duration) (string, error)
+	SignedURLWith(ctx context.Context, key string, ttl time.Duration, so SignOptions) (string, error)
 }
 
 var (

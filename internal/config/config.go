@@ -26,6 +26,9 @@ type Config struct {
 	// an object store).
 	BlobURL string
 	BlobDir string
+	// BlobRedirect > 0: GET /api/images/{id}/file answers 307 to a presigned URL of the object store valid
+	// that long, instead of streaming the bytes through the API. Off by default.
+	BlobRedirect time.Duration
 
 	WorkerConcurrency  int
 	WorkerPollInterval time.Duration // how often an idle worker asks Redis for a task
@@ -83,6 +86,7 @@ func Load(role string, getenv func(string) string) (Config, error) {
 		AdminToken:           getenv("ADMIN_TOKEN"),
 		BlobURL:              r.str("BLOB_URL", ""),
 		BlobDir:              r.str("BLOB_DIR", ""),
+		BlobRedirect:         r.dur("BLOB_REDIRECT_TTL", 0),
 		WorkerConcurrency:    int(r.int("WORKER_CONCURRENCY", int64(runtime.NumCPU()), 1)),
 		WorkerPollInterval:   r.dur("WORKER_POLL_INTERVAL", 4*time.Millisecond),
 		VipsConcurrency:      int(r.int("VIPS_CONCURRENCY", 0, 0)),

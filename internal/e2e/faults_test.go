@@ -21,7 +21,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"sync"
@@ -363,7 +362,7 @@ func checkOutcomes(t *testing.T, s *service, api *proc, users []*faultUser, reqs
 	for id := range completedIDs {
 		want["img-"+id] = true
 	}
-	got, tmp := blobFiles(t, s.env["BLOB_DIR"])
+	got, tmp := testenv.BlobObjects(t, s.env["BLOB_URL"])
 	for name := range got {
 		if !want[name] {
 			t.Errorf("blob store: %s is neither a source nor a completed result (left by a canceled or failed request)", name)
@@ -408,28 +407,6 @@ func checkResult(t *testing.T, api *proc, r *faultReq) {
 	if got := fmt.Sprintf("%dx%d", img.Bounds().Dx(), img.Bounds().Dy()); got != wantRes || format != r.img.format {
 		t.Errorf("%s: image %s decodes to %s %s, want %s %s", r.rid, id, format, got, r.img.format, wantRes)
 	}
-}
-
-// blobFiles lists the objects of a blob directory and counts the temporary files beside them.
-func blobFiles(t *testing.T, dir string) (map[string]bool, int) {
-	t.Helper()
-	names := map[string]bool{}
-	tmp := 0
-	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		if filepath.Base(filepath.Dir(p)) == ".tmp" {
-			tmp++
-		} else {
-			names[d.Name()] = true
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatalf("reading the blob directory: %v", err)
-	}
-	return names, tmp
 }
 
 // queueLeft counts the tasks asynq still holds (pending, active, scheduled, retry) and those it gave up
@@ -726,7 +703,7 @@ func TestFaultsRestartRedisMidBurst(t *testing.T) {
 	t.Parallel()
 	rs := startRedis(t)
 	s := &service{t: t, token: "e2e-admin", env: map[string]string{
-		"REDIS_URL": rs.url(), "BLOB_DIR": t.TempDir(), "ADMIN_TOKEN": "e2e-admin", "LOG_LEVEL": "info",
+		"REDIS_URL": rs.url(), "BLOB_URL": testenv.BlobURL(t), "ADMIN_TOKEN": "e2e-admin", "LOG_LEVEL": "info",
 	}}
 	rdb := redisClient(t, rs.url())
 	api := start(t, "api", s.with(map[string]string{"UPSIZE_WAIT_TIMEOUT": "3s"}))

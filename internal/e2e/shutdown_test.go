@@ -126,7 +126,7 @@ func newService(t *testing.T) *service {
 	rdb := testredis.Redis(t)
 	token := "e2e-admin"
 	return &service{t: t, token: token, env: map[string]string{
-		"REDIS_URL": testredis.RedisURL(rdb), "BLOB_DIR": t.TempDir(), "ADMIN_TOKEN": token, "LOG_LEVEL": "info",
+		"REDIS_URL": testredis.RedisURL(rdb), "BLOB_URL": testenv.BlobURL(t), "ADMIN_TOKEN": token, "LOG_LEVEL": "info",
 	}}
 }
 

@@ -4,9 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"io/fs"
 	"math/rand"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -173,24 +171,18 @@ func TestCancelAtRandomMomentsKeepsOneOutcome(t *testing.T) {
 			t.Errorf("image record %s belongs to no upload and no completed request", k)
 		}
 	}
-	blobs := 0
-	filepath.WalkDir(e.Blobs.Dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		if strings.Contains(p, ".tmp") {
-			t.Errorf("temporary file left: %s", p)
-			return nil
-		}
-		blobs++
-		id, _ := strconv.ParseInt(strings.TrimPrefix(d.Name(), "img-"), 10, 64)
+	objects, temps := testenv.BlobObjects(t, e.Config.BlobURL)
+	if temps != 0 {
+		t.Errorf("%d unfinished writes left", temps)
+	}
+	for key := range objects {
+		id, _ := strconv.ParseInt(strings.TrimPrefix(key, "img-"), 10, 64)
 		if !want[id] {
-			t.Errorf("orphan blob %s", d.Name())
+			t.Errorf("orphan blob %s", key)
 		}
-		return nil
-	})
-	if blobs != len(want) {
-		t.Errorf("%d blobs, want %d", blobs, len(want))
+	}
+	if len(objects) != len(want) {
+		t.Errorf("%d blobs, want %d", len(objects), len(want))
 	}
 	t.Logf("outcomes %v over %d requests", count, len(trials))
 	if count["completed"] == 0 || count["canceled"] == 0 {

@@ -418,3 +418,43 @@ func TestCancelsOfUnknownIdsAreBounded(t *testing.T) {
 	id := e.UploadOK(u.Key, testimg.EncodePNG(testimg.Gradient(16, 16)))
 	e.Want(e.Upsize(context.Background(), u.Key, id, "2x", "ghost-199"), 409, "user_canceled_request")
 }
+
+// With BLOB_REDIRECT_TTL, an object store serves the bytes through a presigned URL; a filesystem store
+// has none to give and streams them as before.
+func TestFileRedirectToPresignedURL(t *testing.T) {
+	e := testenv.New(t, testenv.Options{NoWorker: true, FileRedirect: time.Minute})
+	u := e.NewUser("paid", 0)
+	src := testimg.EncodePNG(testimg.Gradient(40, 30))
+	id := e.UploadOK(u.Key, src)
+	path := fmt.Sprintf("/api/images/%d/file", id)
+	noFollow := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	req, _ := http.NewRequest("GET", e.Server.URL+path, nil)
+	req.Header.Set("X-Api-Key", u.Key)
+	res, err := noFollow.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if !strings.HasPrefix(e.Config.BlobURL, "s3://") {
+		if res.StatusCode != 200 {
+			t.Fatalf("file store: HTTP %d, want the bytes", res.StatusCode)
+		}
+		return
+	}
+	loc := res.Header.Get("Location")
+	if res.StatusCode != http.StatusTemporaryRedirect || loc == "" {
+		t.Fatalf("object store: HTTP %d, Location %q", res.StatusCode, loc)
+	}
+	got, err := http.Get(loc) // no API key: the URL is the credential
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer got.Body.Close()
+	body, _ := io.ReadAll(got.Body)
+	if got.StatusCode != 200 || string(body) != string(src) || got.Header.Get("Content-Type") != "image/png" {
+		t.Fatalf("presigned GET: HTTP %d, %d bytes, type %q", got.StatusCode, len(body), got.Header.Get("Content-Type"))
+	}
+	// Another user gets no URL.
+	other := e.NewUser("paid", 0)
+	e.Want(e.Do(testenv.Req{Method: "GET", Path: path, Key: other.Key}), 404, fmt.Sprintf("no_input_image (%d)", id))
+}

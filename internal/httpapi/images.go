@@ -325,11 +325,27 @@ func handleGetImage(s *store.Store) gin.HandlerFunc {
 	}
 }
 
-// handleGetFile serves the bytes with their type and an ETag (conditional and range requests work).
-func handleGetFile(s *store.Store, blobs blob.Store) gin.HandlerFunc {
+// handleGetFile serves the bytes with their type and an ETag (conditional and range requests work). With
+// redirect > 0 and an object store that signs URLs, it redirects to a presigned URL valid that long
+// instead, so the bytes do not pass through the API (docs/deploy.md says when that is worth it).
+func handleGetFile(s *store.Store, blobs blob.Store, redirect time.Duration) gin.HandlerFunc {
+	signer, _ := blobs.(blob.Signer)
 	return func(c *gin.Context) {
 		im, ok := visibleImage(c, s)
 		if !ok {
+			return
+		}
+		if signer != nil && redirect > 0 {
+			u, err := signer.SignedURLWith(c.Request.Context(), store.BlobKey(im.ID), redirect, blob.SignOptions{
+				ContentType: imageops.Format(im.Format).ContentType(), CacheControl: "private, max-age=31536000, immutable",
+			})
+			if err != nil {
+				unavailable(c, errcode.ServiceUnavailable, err)
+				return
+			}
+			// The redirect itself may be cached by the client for a little less than the URL lives.
+			c.Header("Cache-Control", fmt.Sprintf("private, max-age=%d", int(redirect.Seconds()*0.9)))
+			c.Redirect(http.StatusTemporaryRedirect, u)
 			return
 		}
 		obj, err := blobs.Open(c.Request.Context(), store.BlobKey(im.ID))

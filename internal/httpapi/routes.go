@@ -44,6 +44,8 @@ type Limits struct {
 	ValidateTimeout              time.Duration
 	// GateWait is how long an upload may wait for its share of either memory (0: 5s) before 503.
 	GateWait time.Duration
+	// FileRedirect > 0 redirects file downloads to presigned URLs of the object store, valid that long.
+	FileRedirect time.Duration
 }
 
 // Deps is everything the handlers use.
@@ -91,8 +93,8 @@ func addRoutes(r *gin.Engine, d *Deps) {
 	api.POST("/images", handleUpload(d, g, false))
 	api.POST("/images/cancel", handleCancel(d))
 	api.GET("/images/:id", handleGetImage(d.Store))
-	api.GET("/images/:id/file", handleGetFile(d.Store, d.Blobs))
-	api.HEAD("/images/:id/file", handleGetFile(d.Store, d.Blobs))
+	api.GET("/images/:id/file", handleGetFile(d.Store, d.Blobs, d.Limits.FileRedirect))
+	api.HEAD("/images/:id/file", handleGetFile(d.Store, d.Blobs, d.Limits.FileRedirect))
 	api.POST("/images/:id/upsize", handleUpsize(d))
 	api.GET("/requests/:requestId", handleGetRequest(d.Store, d.Registry))
 

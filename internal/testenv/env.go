@@ -24,6 +24,7 @@ import (
 	"upsize/internal/obs"
 	"upsize/internal/store"
 	"upsize/internal/testredis"
+	"upsize/internal/tests3"
 )
 
 // Options shape an environment; zero values take the SPEC's defaults.
@@ -46,6 +47,7 @@ type Options struct {
 	ValidateMemory   int64                 // default 512 MiB
 	ValidateTimeout  time.Duration         // default 30s
 	GateWait         time.Duration         // default 5s
+	FileRedirect     time.Duration         // BLOB_REDIRECT_TTL (default off)
 }
 
 // Env is a whole service in one process on a Redis database of its own, wired by package app as the
@@ -58,7 +60,7 @@ type Env struct {
 	Registry   *cancel.Registry
 	Hub        *cancel.Hub
 	Queue      *jobs.Queue
-	Blobs      *blob.FS
+	Blobs      blob.Store
 	Server     *httptest.Server
 	Client     *http.Client // validates every response against openapi.yaml
 	AdminToken string
@@ -80,10 +82,10 @@ func Logger() *slog.Logger {
 }
 
 // config is the service's configuration for these options: SPEC's defaults, with what a test shortens.
-func (o Options) config(t testing.TB, rdb *redis.Client, blobDir string) config.Config {
+func (o Options) config(t testing.TB, rdb *redis.Client, blobURL string) config.Config {
 	t.Helper()
 	env := map[string]string{
-		"REDIS_URL": RedisURL(rdb), "BLOB_DIR": blobDir, "ADMIN_TOKEN": "test-admin-token",
+		"REDIS_URL": RedisURL(rdb), "BLOB_URL": blobURL, "ADMIN_TOKEN": "test-admin-token",
 		"WORKER_CONCURRENCY": "2", "WORKER_POLL_INTERVAL": "2ms", "SHUTDOWN_TIMEOUT": "10s",
 		"TASK_RETRY_DELAY": "50ms", "UPSIZE_WAIT_TIMEOUT": "60s",
 	}
@@ -105,6 +107,7 @@ func (o Options) config(t testing.TB, rdb *redis.Client, blobDir string) config.
 	set("VALIDATE_MEMORY", o.ValidateMemory, o.ValidateMemory == 0)
 	set("VALIDATE_TIMEOUT", o.ValidateTimeout, o.ValidateTimeout == 0)
 	set("UPLOAD_WAIT", o.GateWait, o.GateWait == 0)
+	set("BLOB_REDIRECT_TTL", o.FileRedirect, o.FileRedirect == 0)
 	if o.UploadMemory != 0 && o.UploadMemory < 32<<20 {
 		env["MAX_UPLOAD_BYTES"] = fmt.Sprint(o.UploadMemory)
 	}
@@ -124,16 +127,12 @@ func (o Options) config(t testing.TB, rdb *redis.Client, blobDir string) config.
 func New(t testing.TB, o Options) *Env {
 	t.Helper()
 	rdb := Redis(t)
-	blobDir := t.TempDir()
-	cfg := o.config(t, rdb, blobDir)
+	cfg := o.config(t, rdb, BlobURL(t))
 	log := Logger()
 	if o.LogTo != nil {
 		log = obs.NewLogger(o.LogTo, "debug", "test")
 	}
-	blobs, err := blob.NewFS(blobDir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	blobs := openBlobs(t, cfg.BlobURL)
 	base := app.New(cfg, log, rdb, blobs)
 	api := app.NewAPI(base)
 	api.Start(context.Background())
@@ -171,11 +170,7 @@ type Worker struct {
 // StartWorker starts a worker on the environment's Redis and blobs; it is stopped when the test ends.
 func (e *Env) StartWorker() *Worker {
 	e.T.Helper()
-	blobs, err := blob.NewFS(e.Config.BlobDir)
-	if err != nil {
-		e.T.Fatal(err)
-	}
-	base := app.New(e.Config, e.Log, e.RDB, blobs) // a process of its own: its own metrics
+	base := app.New(e.Config, e.Log, e.RDB, openBlobs(e.T, e.Config.BlobURL)) // a process of its own
 	aw, err := app.NewWorker(base, app.WorkerOptions{Upsize: e.Opts.Upsize, Observe: e.Opts.Observe})
 	if err != nil {
 		e.T.Fatal(err)
@@ -221,3 +216,43 @@ var (
 	Redis    = testredis.Redis
 	RedisURL = testredis.RedisURL
 )
+
+// BlobURL is where a test's image bytes go: a bucket of its own on the test S3 server when TEST_BLOB=s3
+// (make test runs the packages that touch blobs both ways), a directory of its own otherwise.
+func BlobURL(t testing.TB) string {
+	t.Helper()
+	if os.Getenv("TEST_BLOB") == "s3" {
+		return tests3.Bucket(t)
+	}
+	return "file://" + t.TempDir()
+}
+
+func openBlobs(t testing.TB, url string) blob.Store {
+	t.Helper()
+	s, err := blob.Open(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, ok := s.(interface{ Close() error }); ok {
+		t.Cleanup(func() { c.Close() })
+	}
+	return s
+}
+
+// BlobObjects lists the store at url: the keys of its objects, and how many unfinished writes it holds.
+func BlobObjects(t testing.TB, url string) (keys map[string]bool, temps int) {
+	t.Helper()
+	w, ok := openBlobs(t, url).(blob.Walker)
+	if !ok {
+		t.Fatalf("the blob store at %s cannot be listed", url)
+	}
+	ctx := context.Background()
+	keys = map[string]bool{}
+	if err := w.Walk(ctx, func(e blob.Entry) error { keys[e.Key] = true; return nil }); err != nil {
+		t.Fatalf("listing %s: %v", url, err)
+	}
+	if err := w.WalkTemps(ctx, func(blob.Entry) error { temps++; return nil }); err != nil {
+		t.Fatalf("listing unfinished writes of %s: %v", url, err)
+	}
+	return keys, temps
+}
