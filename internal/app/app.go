@@ -52,7 +52,7 @@ func Open(role string, getenv func(string) string, stdout io.Writer) (*Base, err
 	}
 	// Opening sends nothing: a store that is away at start-up is not fatal, only the requests that need
 	// it fail (503) until it is back. Say so at once, though.
-	blobs, err := blob.Open(context.Background(), cfg.BlobURL)
+	blobs, err := OpenBlobs(role, cfg.BlobURL)
 	if err != nil {
 		rdb.Close()
 		return nil, err
@@ -65,6 +65,23 @@ func Open(role string, getenv func(string) string, stdout io.Writer) (*Base, err
 		cancel()
 	}
 	return New(cfg, log, rdb, blobs), nil
+}
+
+// OpenBlobs opens the blob store at url with the options of role ("api" or "worker"). Opening sends
+// nothing.
+func OpenBlobs(role, url string) (blob.Store, error) {
+	return blob.OpenWith(context.Background(), url, blobOptions(role))
+}
+
+// blobOptions: the API's requests to an object store are small (uploads up to MAX_UPLOAD_BYTES, the
+// first bytes of a download), so a store that does not answer is given up on sooner there, and the client
+// gets its 503 in well under a minute; a worker's parts and the completion of a 100 MP result's multipart
+// upload may take longer.
+func blobOptions(role string) blob.Options {
+	if role == "api" {
+		return blob.Options{ResponseHeaderTimeout: 15 * time.Second, MaxAttempts: 3}
+	}
+	return blob.Options{}
 }
 
 // defaultPool sizes the Redis pool. The API's waiting upsizes hold no connection (one pub/sub connection

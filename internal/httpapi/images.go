@@ -21,10 +21,12 @@ import (
 	"upsize/internal/store"
 )
 
-// maxFieldBytes bounds each text field of an upload; maxParts bounds the parts of one upload.
+// maxFieldBytes bounds each text field of an upload; maxParts bounds the parts of one upload;
+// blobPutTimeout bounds storing an upload's bytes.
 const (
-	maxFieldBytes = 8 << 10
-	maxParts      = 32
+	maxFieldBytes  = 8 << 10
+	maxParts       = 32
+	blobPutTimeout = time.Minute
 )
 
 // textFields are the text fields an upload may carry (the admin's ownerId and collection included);
@@ -265,7 +267,10 @@ func handleUpload(d *Deps, g *gate, admin bool) gin.HandlerFunc {
 			unavailable(c, errcode.ServiceUnavailable, err)
 			return
 		}
-		stored, err := d.Blobs.Put(ctx, store.BlobKey(id), func(w io.Writer) error {
+		// A store that accepts connections but answers nothing must not hold the client for minutes.
+		putCtx, cancelPut := context.WithTimeout(ctx, blobPutTimeout)
+		defer cancelPut()
+		stored, err := d.Blobs.Put(putCtx, store.BlobKey(id), func(w io.Writer) error {
 			_, err := w.Write(file)
 			return err
 		})

@@ -48,6 +48,7 @@ type Options struct {
 	ValidateTimeout  time.Duration         // default 30s
 	GateWait         time.Duration         // default 5s
 	FileRedirect     time.Duration         // BLOB_REDIRECT_TTL (default off)
+	BlobURL          string                // default BlobURL(t)
 }
 
 // Env is a whole service in one process on a Redis database of its own, wired by package app as the
@@ -127,12 +128,15 @@ func (o Options) config(t testing.TB, rdb *redis.Client, blobURL string) config.
 func New(t testing.TB, o Options) *Env {
 	t.Helper()
 	rdb := Redis(t)
-	cfg := o.config(t, rdb, BlobURL(t))
+	if o.BlobURL == "" {
+		o.BlobURL = BlobURL(t)
+	}
+	cfg := o.config(t, rdb, o.BlobURL)
 	log := Logger()
 	if o.LogTo != nil {
 		log = obs.NewLogger(o.LogTo, "debug", "test")
 	}
-	blobs := openBlobs(t, cfg.BlobURL)
+	blobs := openBlobs(t, "api", cfg.BlobURL)
 	base := app.New(cfg, log, rdb, blobs)
 	api := app.NewAPI(base)
 	api.Start(context.Background())
@@ -170,7 +174,7 @@ type Worker struct {
 // StartWorker starts a worker on the environment's Redis and blobs; it is stopped when the test ends.
 func (e *Env) StartWorker() *Worker {
 	e.T.Helper()
-	base := app.New(e.Config, e.Log, e.RDB, openBlobs(e.T, e.Config.BlobURL)) // a process of its own
+	base := app.New(e.Config, e.Log, e.RDB, openBlobs(e.T, "worker", e.Config.BlobURL)) // a process of its own
 	aw, err := app.NewWorker(base, app.WorkerOptions{Upsize: e.Opts.Upsize, Observe: e.Opts.Observe})
 	if err != nil {
 		e.T.Fatal(err)
@@ -227,9 +231,10 @@ func BlobURL(t testing.TB) string {
 	return "file://" + t.TempDir()
 }
 
-func openBlobs(t testing.TB, url string) blob.Store {
+// openBlobs opens the store as a process of role does.
+func openBlobs(t testing.TB, role, url string) blob.Store {
 	t.Helper()
-	s, err := blob.Open(context.Background(), url)
+	s, err := app.OpenBlobs(role, url)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -242,7 +247,7 @@ func openBlobs(t testing.TB, url string) blob.Store {
 // BlobObjects lists the store at url: the keys of its objects, and how many unfinished writes it holds.
 func BlobObjects(t testing.TB, url string) (keys map[string]bool, temps int) {
 	t.Helper()
-	w, ok := openBlobs(t, url).(blob.Walker)
+	w, ok := openBlobs(t, "worker", url).(blob.Walker)
 	if !ok {
 		t.Fatalf("the blob store at %s cannot be listed", url)
 	}

@@ -22,6 +22,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -181,9 +182,12 @@ func Remove(ctx context.Context, c *s3.Client, bucket string) error {
 	return err
 }
 
-// Server is a versitygw of the test's own (StartServer).
+// Server is a versitygw of the test's own (StartServer), which a test may kill, restart on the same
+// port and data, or pause (a server that accepts connections and answers nothing: a slow store).
 type Server struct {
 	Addr string
+	t    testing.TB
+	data string
 	cmd  *exec.Cmd
 	done chan struct{}
 }
@@ -194,52 +198,71 @@ type Server struct {
 // test fails, saying scripts/s3-local.sh installs it.
 func StartServer(t testing.TB) *Server {
 	t.Helper()
-	bin := versitygw()
-	if bin == "" {
-		t.Fatal("versitygw not found on PATH, in var/bin or in $(go env GOPATH)/bin: run scripts/s3-local.sh, which installs it")
-	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	addr := l.Addr().String()
 	l.Close()
-	data := t.TempDir()
-	cmd := exec.Command(bin, "--port", addr, "--access", accessKey(), "--secret", secretKey(),
-		"--region", Region, "--keep-alive", "--quiet", "posix", data)
-	log, err := os.Create(filepath.Join(t.TempDir(), "versitygw.log"))
+	s := &Server{Addr: addr, t: t, data: t.TempDir()}
+	t.Cleanup(s.Kill)
+	s.Restart()
+	return s
+}
+
+// Restart starts the server again on its port and data (after Kill), and waits until it answers.
+func (s *Server) Restart() {
+	t := s.t
+	t.Helper()
+	bin := versitygw()
+	if bin == "" {
+		t.Fatal("versitygw not found on PATH, in var/bin or in $(go env GOPATH)/bin: run scripts/s3-local.sh, which installs it")
+	}
+	s.cmd = exec.Command(bin, "--port", s.Addr, "--access", accessKey(), "--secret", secretKey(),
+		"--region", Region, "--keep-alive", "--quiet", "posix", s.data)
+	log, err := os.CreateTemp(t.TempDir(), "versitygw-*.log")
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
+	s.cmd.Stdout, s.cmd.Stderr = log, log
+	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	s := &Server{Addr: addr, cmd: cmd, done: make(chan struct{})}
-	go func() { cmd.Wait(); log.Close(); close(s.done) }()
-	t.Cleanup(s.Kill)
+	done := make(chan struct{})
+	s.done = done
+	cmd := s.cmd
+	go func() { cmd.Wait(); log.Close(); close(done) }()
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+		if c, err := net.DialTimeout("tcp", s.Addr, time.Second); err == nil {
 			c.Close()
-			return s
+			return
 		}
 		select {
-		case <-s.done:
+		case <-done:
 			b, _ := os.ReadFile(log.Name())
-			t.Fatalf("versitygw on %s exited: %s", addr, b)
+			t.Fatalf("versitygw on %s exited: %s", s.Addr, b)
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("versitygw did not answer on %s within 10 s", addr)
+			t.Fatalf("versitygw did not answer on %s within 10 s", s.Addr)
 		}
 	}
 }
 
 // Kill stops the server at once (SIGKILL) and waits for it to be gone.
 func (s *Server) Kill() {
+	if s.cmd == nil || s.cmd.Process == nil {
+		return
+	}
+	s.cmd.Process.Signal(syscall.SIGCONT) // a paused one too
 	s.cmd.Process.Kill()
 	<-s.done
 }
+
+// Pause stops the server's process (SIGSTOP): connections are still accepted by the kernel, nothing is
+// answered. Resume lets it go on.
+func (s *Server) Pause()  { s.cmd.Process.Signal(syscall.SIGSTOP) }
+func (s *Server) Resume() { s.cmd.Process.Signal(syscall.SIGCONT) }
 
 // versitygw finds the binary as scripts/s3-local.sh does.
 func versitygw() string {
