@@ -36,7 +36,7 @@ COPY --from=build /out/upsize-api /out/upsize-worker /usr/local/bin/
 # glibc's default of 8 arenas per core fragments under libvips' thread pools (docs/imageops.md);
 # the process also calls mallopt, this covers allocations made before that.
 ENV MALLOC_ARENA_MAX=2 \
-    BLOB_DIR=/var/lib/upsize/blobs
+    BLOB_URL=file:///var/lib/upsize/blobs
 WORKDIR /var/lib/upsize
 USER 10001:10001
 EXPOSE 8080 9090

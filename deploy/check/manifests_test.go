@@ -2,6 +2,7 @@ package check
 
 import (
 	"fmt"
+	"maps"
 	"net/url"
 	"path"
 	"path/filepath"
@@ -210,14 +211,14 @@ func checkAutoscaling(r *rendered) []error {
 }
 
 // checkEnvNames: every variable given to the API or a worker is one internal/config reads (a misspelt
-// name would silently leave the default), and internal/config accepts every value.
+// name would silently leave the default) or one of sdkEnvNames, and internal/config accepts every value.
 func checkEnvNames(r *rendered) []error {
 	known := config.Names()
 	ucs, errs := r.upsizeContainers()
 	for _, uc := range ucs {
 		for name := range uc.env {
-			if !slices.Contains(known, name) {
-				errs = append(errs, fmt.Errorf("%s: env %s is not read by internal/config (config.Names)", uc.w, name))
+			if !slices.Contains(known, name) && !slices.Contains(sdkEnvNames, name) {
+				errs = append(errs, fmt.Errorf("%s: env %s is not read by internal/config (config.Names) nor in sdkEnvNames", uc.w, name))
 			}
 		}
 	}
@@ -226,6 +227,14 @@ func checkEnvNames(r *rendered) []error {
 	}
 	return errs
 }
+
+// sdkEnvNames are variables the service reads through a library rather than internal/config: the AWS
+// SDK's default credential chain and region lookup in internal/blob (an s3:// BLOB_URL). Only these few,
+// which docs/deploy.md describes; a misspelt one (AWS_SECRET_KEY) fails checkEnvNames like any other.
+var sdkEnvNames = []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION"}
+
+// awsCredentialNames are the sdkEnvNames that are secrets.
+var awsCredentialNames = []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
 
 // checkRoles: one API Deployment and one worker Deployment, each role with its HTTP_ADDR port declared
 // as a container port.
@@ -412,58 +421,151 @@ func checkResources(r *rendered) []error {
 	return errs
 }
 
-// checkBlobVolume: API and workers mount one PersistentVolumeClaim at BLOB_DIR, writable, and it can be
-// shared across nodes where the overlay runs on several.
+// objectStoreSchemes are the BLOB_URL schemes of object stores (internal/blob): what every pod on any
+// node reaches alike. (gs and azblob need an image built with -tags blob_clouds.)
+var objectStoreSchemes = []string{"s3", "gs", "azblob"}
+
+// checkBlobVolume: where image bytes live. Every overlay sets BLOB_URL itself (the default is a directory
+// in the image's read-only root filesystem), the API and the workers use the same one (else uploads
+// would not reach the workers), and:
+//   - an overlay with a volume (single-node, one node) mounts one PersistentVolumeClaim, writable, at
+//     BLOB_URL's directory in every API and worker pod; ReadWriteOnce does on one node, ReadWriteOncePod
+//     (one pod) does not;
+//   - an object-store overlay (production) has an object store's BLOB_URL, or takes it from a required
+//     Secret key, and neither mounts nor renders a PersistentVolumeClaim: no ReadWriteMany storage.
 func checkBlobVolume(r *rendered) []error {
 	ucs, errs := r.upsizeContainers()
+	urls := map[string]bool{}
 	claims := map[string]bool{}
 	for _, uc := range ucs {
-		claim := ""
+		v, set := uc.env["BLOB_URL"]
+		switch {
+		case !set || (v.source != "secret" && v.value == ""):
+			errs = append(errs, fmt.Errorf("%s: BLOB_URL not set: the default %s is in the image's read-only root filesystem", uc.w, uc.cfg.BlobURL))
+		case v.source == "secret":
+			urls["Secret "+v.ref.Name+" key "+v.ref.Key] = true
+			if v.ref.Optional != nil && *v.ref.Optional {
+				errs = append(errs, fmt.Errorf("%s: BLOB_URL from an optional Secret key would fall back to a directory in the image", uc.w))
+			}
+		default:
+			urls[v.value] = true
+		}
+		type mount struct{ path, claim string }
+		var mounted []mount
 		for _, m := range uc.c.VolumeMounts {
-			if m.MountPath != filepath.Clean(uc.cfg.BlobDir) {
-				continue
-			}
-			if m.ReadOnly {
-				errs = append(errs, fmt.Errorf("%s: blob volume mounted read-only", uc.w))
-			}
-			for _, v := range uc.w.template.Spec.Volumes {
-				if v.Name == m.Name && v.PersistentVolumeClaim != nil {
-					claim = v.PersistentVolumeClaim.ClaimName
+			for _, vol := range uc.w.template.Spec.Volumes {
+				if vol.Name == m.Name && vol.PersistentVolumeClaim != nil {
+					mounted = append(mounted, mount{m.MountPath, vol.PersistentVolumeClaim.ClaimName})
+					if m.ReadOnly && m.MountPath == filepath.Clean(uc.cfg.BlobDir) {
+						errs = append(errs, fmt.Errorf("%s: blob volume mounted read-only", uc.w))
+					}
 				}
 			}
 		}
-		if claim == "" {
-			errs = append(errs, fmt.Errorf("%s: no PersistentVolumeClaim mounted at BLOB_DIR %s", uc.w, uc.cfg.BlobDir))
-			continue
+		switch r.expect.blobs {
+		case blobVolume:
+			if v.source == "secret" || uc.cfg.BlobDir == "" {
+				errs = append(errs, fmt.Errorf("%s: BLOB_URL %s: this overlay keeps image bytes on a volume, want file:///path", uc.w, uc.cfg.BlobURL))
+				continue
+			}
+			claim := ""
+			for _, m := range mounted {
+				if m.path == filepath.Clean(uc.cfg.BlobDir) {
+					claim = m.claim
+				}
+			}
+			if claim == "" {
+				errs = append(errs, fmt.Errorf("%s: no PersistentVolumeClaim mounted at BLOB_URL's directory %s", uc.w, uc.cfg.BlobDir))
+				continue
+			}
+			claims[claim] = true
+		case blobObjectStore:
+			for _, m := range mounted {
+				errs = append(errs, fmt.Errorf("%s: mounts PersistentVolumeClaim %s at %s: image bytes belong in the object store, no pod needs a shared volume", uc.w, m.claim, m.path))
+			}
+			if v.source != "secret" {
+				if u, err := url.Parse(uc.cfg.BlobURL); err != nil || !slices.Contains(objectStoreSchemes, u.Scheme) {
+					errs = append(errs, fmt.Errorf("%s: BLOB_URL %s is not an object store (want %v://…, or a Secret key)", uc.w, uc.cfg.BlobURL, objectStoreSchemes))
+				}
+			}
+		default:
+			errs = append(errs, fmt.Errorf("overlay %s: no blob storage expectation in render_test.go", r.overlay))
 		}
-		claims[claim] = true
 	}
-	if len(claims) != 1 {
-		errs = append(errs, fmt.Errorf("API and workers mount blob claims %v, want one shared claim", claims))
+	if len(urls) > 1 {
+		errs = append(errs, fmt.Errorf("the API and the workers use different BLOB_URLs %v: uploads would not reach the workers", slices.Sorted(maps.Keys(urls))))
 	}
-	for claim := range claims {
-		var pvc *corev1.PersistentVolumeClaim
-		for _, p := range r.pvcs {
-			if p.Name == claim {
-				pvc = p
+	switch r.expect.blobs {
+	case blobVolume:
+		if len(claims) != 1 {
+			errs = append(errs, fmt.Errorf("API and workers mount blob claims %v, want one shared claim", claims))
+		}
+		for claim := range claims {
+			var pvc *corev1.PersistentVolumeClaim
+			for _, p := range r.pvcs {
+				if p.Name == claim {
+					pvc = p
+				}
+			}
+			if pvc == nil {
+				errs = append(errs, fmt.Errorf("PersistentVolumeClaim %s is not rendered", claim))
+				continue
+			}
+			if slices.Contains(pvc.Spec.AccessModes, corev1.ReadWriteOncePod) || len(pvc.Spec.AccessModes) == 0 {
+				errs = append(errs, fmt.Errorf("PersistentVolumeClaim %s: access modes %v, want ReadWriteOnce (one node) so that every pod on it mounts it", claim, pvc.Spec.AccessModes))
 			}
 		}
-		if pvc == nil {
-			errs = append(errs, fmt.Errorf("PersistentVolumeClaim %s is not rendered", claim))
-			continue
-		}
-		if r.expect.rwxBlobs && !slices.Contains(pvc.Spec.AccessModes, corev1.ReadWriteMany) {
-			errs = append(errs, fmt.Errorf("PersistentVolumeClaim %s: access modes %v, pods on several nodes need ReadWriteMany", claim, pvc.Spec.AccessModes))
+	case blobObjectStore:
+		for _, p := range r.pvcs {
+			errs = append(errs, fmt.Errorf("PersistentVolumeClaim %s %v rendered: this overlay keeps image bytes in an object store and needs no volume", p.Name, p.Spec.AccessModes))
 		}
 	}
 	return errs
 }
 
-// checkReferences: every ConfigMap, Secret and claim a pod uses exists (or is a declared external
+// checkStoreCredentials: the object store's credentials come from the Secret only (never a literal or
+// the ConfigMap), as optional keys, so that the same manifests run with workload identity and no keys;
+// an access key comes with its secret. In an object-store overlay the API and the workers run as one
+// rendered ServiceAccount of their own, the one operators annotate for workload identity.
+func checkStoreCredentials(r *rendered) []error {
+	ucs, errs := r.upsizeContainers()
+	accounts := map[string]bool{}
+	for _, uc := range ucs {
+		for _, name := range awsCredentialNames {
+			v, ok := uc.env[name]
+			switch {
+			case !ok:
+			case v.source != "secret":
+				errs = append(errs, fmt.Errorf("%s: %s from a %s: credentials must come from a Secret", uc.w, name, v.source))
+			case v.ref.Optional == nil || !*v.ref.Optional:
+				errs = append(errs, fmt.Errorf("%s: %s from a required Secret key: make it optional, so that workload identity works without keys", uc.w, name))
+			}
+		}
+		_, id := uc.env["AWS_ACCESS_KEY_ID"]
+		_, secret := uc.env["AWS_SECRET_ACCESS_KEY"]
+		if id != secret {
+			errs = append(errs, fmt.Errorf("%s: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY come together or not at all", uc.w))
+		}
+		accounts[uc.w.template.Spec.ServiceAccountName] = true
+	}
+	if r.expect.blobs == blobObjectStore {
+		names := slices.Sorted(maps.Keys(accounts))
+		if len(names) != 1 || names[0] == "" || names[0] == "default" {
+			errs = append(errs, fmt.Errorf("API and workers run as ServiceAccounts %q: want one of their own, for one workload identity annotation", names))
+		}
+	}
+	return errs
+}
+
+// checkReferences: every ConfigMap, Secret, claim and ServiceAccount a pod uses exists (or is a declared external
 // Secret); a missing one keeps pods from starting.
 func checkReferences(r *rendered) []error {
 	var errs []error
 	for _, w := range r.workloads() {
+		if sa := w.template.Spec.ServiceAccountName; sa != "" && sa != "default" &&
+			!slices.ContainsFunc(r.serviceAccounts, func(a *corev1.ServiceAccount) bool { return a.Name == sa }) {
+			errs = append(errs, fmt.Errorf("%s: ServiceAccount %s not rendered", w, sa))
+		}
 		for _, v := range w.template.Spec.Volumes {
 			switch {
 			case v.PersistentVolumeClaim != nil:
@@ -513,6 +615,9 @@ func checkNamespace(r *rendered) []error {
 	}
 	for _, o := range r.pvcs {
 		check("PersistentVolumeClaim", o.Name, o.Namespace)
+	}
+	for _, o := range r.serviceAccounts {
+		check("ServiceAccount", o.Name, o.Namespace)
 	}
 	for _, w := range r.workloads() {
 		check(w.kind, w.name, w.namespace)
@@ -823,7 +928,8 @@ func TestProbesHitServedRoutes(t *testing.T)        { forEachOverlay(t, checkPro
 func TestShutdownTiming(t *testing.T)               { forEachOverlay(t, checkShutdownTiming) }
 func TestWorkerConcurrencyMatchesCPU(t *testing.T)  { forEachOverlay(t, checkWorkerConcurrency) }
 func TestResources(t *testing.T)                    { forEachOverlay(t, checkResources) }
-func TestBlobVolumeShared(t *testing.T)             { forEachOverlay(t, checkBlobVolume) }
+func TestBlobStorage(t *testing.T)                  { forEachOverlay(t, checkBlobVolume) }
+func TestObjectStoreCredentials(t *testing.T)       { forEachOverlay(t, checkStoreCredentials) }
 func TestReferencesResolve(t *testing.T)            { forEachOverlay(t, checkReferences) }
 func TestOneNamespace(t *testing.T)                 { forEachOverlay(t, checkNamespace) }
 func TestServiceMonitorsScrapeMetrics(t *testing.T) { forEachOverlay(t, checkServiceMonitors) }

@@ -42,6 +42,29 @@ func setEnv(c *corev1.Container, name, value string) {
 	c.Env = append(c.Env, corev1.EnvVar{Name: name, Value: value})
 }
 
+func unsetEnv(c *corev1.Container, name string) {
+	c.Env = slices.DeleteFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == name })
+}
+
+func envVar(c *corev1.Container, name string) *corev1.EnvVar {
+	for i := range c.Env {
+		if c.Env[i].Name == name {
+			return &c.Env[i]
+		}
+	}
+	panic("no env " + name)
+}
+
+// upsizeConfig is the generated name of the ConfigMap upsize-config (kustomize appends a hash).
+func upsizeConfig(r *rendered) string {
+	for _, cm := range r.configMaps {
+		if strings.HasPrefix(cm.Name, "upsize-config") {
+			return cm.Name
+		}
+	}
+	panic("no ConfigMap upsize-config")
+}
+
 func (r *rendered) service(name string) *corev1.Service {
 	for _, s := range r.services {
 		if s.Name == name {
@@ -210,19 +233,72 @@ var mutations = []mutation{
 		r.container(worker).Resources.Limits[corev1.ResourceMemory] = resource.MustParse("1Gi")
 	}, checkResources, "memory limit 1Gi below request 2Gi"},
 
-	{"worker mounts blobs elsewhere", "production", func(r *rendered) {
+	{"worker mounts blobs elsewhere", "single-node", func(r *rendered) {
 		r.container(worker).VolumeMounts[0].MountPath = "/blobs"
-	}, checkBlobVolume, "no PersistentVolumeClaim mounted at BLOB_DIR"},
-	{"blob volume per node", "production", func(r *rendered) {
-		r.pvcs[0].Spec.AccessModes = []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce}
-	}, checkBlobVolume, "need ReadWriteMany"},
-	{"blob claims differ", "production", func(r *rendered) {
+	}, checkBlobVolume, "no PersistentVolumeClaim mounted at BLOB_URL's directory"},
+	{"blob volume for one pod", "single-node", func(r *rendered) {
+		r.pvcs[0].Spec.AccessModes = []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOncePod}
+	}, checkBlobVolume, "want ReadWriteOnce"},
+	{"blob claims differ", "single-node", func(r *rendered) {
 		for i := range r.deployment(worker).Spec.Template.Spec.Volumes {
 			if v := &r.deployment(worker).Spec.Template.Spec.Volumes[i]; v.PersistentVolumeClaim != nil {
 				v.PersistentVolumeClaim.ClaimName = "other"
 			}
 		}
 	}, checkBlobVolume, "want one shared claim"},
+	{"single-node BLOB_URL left to the default", "single-node", func(r *rendered) {
+		delete(r.configMap(upsizeConfig(r)).Data, "BLOB_URL")
+	}, checkBlobVolume, "BLOB_URL not set"},
+	{"production mounts a ReadWriteMany claim", "production", func(r *rendered) {
+		pvc := mustLoad("single-node").pvcs[0]
+		pvc.Spec.AccessModes = []corev1.PersistentVolumeAccessMode{corev1.ReadWriteMany}
+		r.pvcs = append(r.pvcs, pvc)
+		spec := &r.deployment(worker).Spec.Template.Spec
+		spec.Volumes = append(spec.Volumes, corev1.Volume{Name: "blobs", VolumeSource: corev1.VolumeSource{
+			PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: pvc.Name}}})
+		spec.Containers[0].VolumeMounts = append(spec.Containers[0].VolumeMounts, corev1.VolumeMount{Name: "blobs", MountPath: "/var/lib/upsize/blobs"})
+	}, checkBlobVolume, "mounts PersistentVolumeClaim upsize-blobs at /var/lib/upsize/blobs"},
+	{"production renders a claim", "production-sentinel", func(r *rendered) {
+		r.pvcs = mustLoad("single-node").pvcs
+	}, checkBlobVolume, "PersistentVolumeClaim upsize-blobs [ReadWriteOnce] rendered"},
+	{"production BLOB_URL on a file://", "production", func(r *rendered) {
+		setEnv(r.container(api), "BLOB_URL", "file:///var/lib/upsize/blobs")
+		setEnv(r.container(worker), "BLOB_URL", "file:///var/lib/upsize/blobs")
+	}, checkBlobVolume, "BLOB_URL file:///var/lib/upsize/blobs is not an object store"},
+	{"production BLOB_URL on a per-pod memory store", "production", func(r *rendered) {
+		setEnv(r.container(api), "BLOB_URL", "mem://")
+	}, checkBlobVolume, "BLOB_URL mem:// is not an object store"},
+	{"production BLOB_URL left to the default", "production", func(r *rendered) {
+		unsetEnv(r.container(worker), "BLOB_URL")
+	}, checkBlobVolume, "BLOB_URL not set"},
+	{"optional BLOB_URL Secret", "production", func(r *rendered) {
+		envVar(r.container(api), "BLOB_URL").ValueFrom.SecretKeyRef.Optional = ptr.To(true)
+	}, checkBlobVolume, "BLOB_URL from an optional Secret key"},
+	{"API and workers on different stores", "production", func(r *rendered) {
+		envVar(r.container(worker), "BLOB_URL").ValueFrom.SecretKeyRef.Key = "blob-url-2"
+	}, checkBlobVolume, "different BLOB_URLs"},
+	{"the older BLOB_DIR beside BLOB_URL", "production", func(r *rendered) {
+		setEnv(r.container(api), "BLOB_DIR", "/var/lib/upsize/blobs")
+	}, checkEnvNames, "BLOB_URL and BLOB_DIR both set"},
+
+	{"AWS key as a literal", "production", func(r *rendered) {
+		setEnv(r.container(api), "AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
+	}, checkStoreCredentials, "AWS_SECRET_ACCESS_KEY from a literal: credentials must come from a Secret"},
+	{"AWS keys required", "production", func(r *rendered) {
+		envVar(r.container(worker), "AWS_ACCESS_KEY_ID").ValueFrom.SecretKeyRef.Optional = nil
+	}, checkStoreCredentials, "AWS_ACCESS_KEY_ID from a required Secret key"},
+	{"AWS key without its secret", "production", func(r *rendered) {
+		unsetEnv(r.container(worker), "AWS_SECRET_ACCESS_KEY")
+	}, checkStoreCredentials, "come together"},
+	{"workers under another ServiceAccount", "production", func(r *rendered) {
+		r.deployment(worker).Spec.Template.Spec.ServiceAccountName = "default"
+	}, checkStoreCredentials, "want one of their own"},
+	{"AWS variable misspelt", "production", func(r *rendered) {
+		envVar(r.container(api), "AWS_SECRET_ACCESS_KEY").Name = "AWS_SECRET_KEY"
+	}, checkEnvNames, "AWS_SECRET_KEY is not read"},
+	{"ServiceAccount not rendered", "production", func(r *rendered) {
+		r.serviceAccounts = nil
+	}, checkReferences, "ServiceAccount upsize not rendered"},
 
 	{"ConfigMap reference dangles", "production", func(r *rendered) {
 		r.container(api).EnvFrom[0].ConfigMapRef.Name = "upsize-config"
@@ -351,6 +427,47 @@ var mutations = []mutation{
 	{"Redis open to the namespace", "single-node", func(r *rendered) {
 		r.netpol("redis-ingress").Spec.Ingress[0].From[0].PodSelector.MatchExpressions = nil
 	}, checkNetworkPolicies, "is reachable from other pod in the namespace"},
+
+	{"no egress to the object store", "production", func(r *rendered) {
+		r.netpols = slices.DeleteFunc(r.netpols, func(n *networkingv1.NetworkPolicy) bool { return n.Name == "upsize-egress-blob-store" })
+	}, checkEgress, "the worker cannot reach the object store (TCP 443)"},
+	{"store egress on the wrong port", "production-sentinel", func(r *rendered) {
+		r.netpol("upsize-egress-blob-store").Spec.Egress[0].Ports[0].Port = ptr.To(intstr.FromInt32(9000))
+	}, checkEgress, "the API cannot reach the object store (TCP 443)"},
+	{"store egress into the cluster", "production", func(r *rendered) {
+		r.netpol("upsize-egress-blob-store").Spec.Egress[0].To[0].IPBlock.Except = nil
+	}, checkEgress, "can reach a pod in another namespace (TCP 443)"},
+	{"store egress on every port", "production", func(r *rendered) {
+		r.netpol("upsize-egress-blob-store").Spec.Egress[0].Ports = nil
+	}, checkEgress, "can reach a public address (TCP 80)"},
+	{"store egress to link-local metadata", "production", func(r *rendered) {
+		b := r.netpol("upsize-egress-blob-store").Spec.Egress[0].To[0].IPBlock
+		b.Except = slices.DeleteFunc(b.Except, func(c string) bool { return c == "169.254.0.0/16" })
+	}, checkEgress, "can reach the cloud metadata server (TCP 443)"},
+	{"egress left open", "production", func(r *rendered) {
+		r.netpols = slices.DeleteFunc(r.netpols, func(n *networkingv1.NetworkPolicy) bool { return hasEgressType(n) })
+	}, checkEgress, "can reach a public address (TCP 22)"},
+	{"no DNS", "single-node", func(r *rendered) {
+		r.netpol("upsize-egress").Spec.Egress[0].To[0].NamespaceSelector.MatchLabels["kubernetes.io/metadata.name"] = "dns"
+	}, checkEgress, "cannot reach kube-dns (UDP 53)"},
+	{"DNS to any resolver", "production", func(r *rendered) {
+		r.netpol("upsize-egress").Spec.Egress[0].To = nil
+	}, checkEgress, "can reach a public resolver (UDP 53)"},
+	{"no egress to the in-cluster Redis", "single-node", func(r *rendered) {
+		r.netpols = slices.DeleteFunc(r.netpols, func(n *networkingv1.NetworkPolicy) bool { return n.Name == "upsize-egress-redis" })
+	}, checkEgress, "cannot reach StatefulSet/redis (TCP 6379)"},
+	{"single-node egress to the internet", "single-node", func(r *rendered) {
+		r.netpols = append(r.netpols, mustLoad("production").netpol("upsize-egress-blob-store"))
+	}, checkEgress, "can reach a public address (TCP 443)"},
+	{"no egress to the Sentinels", "production-sentinel", func(r *rendered) {
+		r.netpol("upsize-egress-redis").Spec.Egress[0].Ports = r.netpol("upsize-egress-redis").Spec.Egress[0].Ports[:2]
+	}, checkEgress, "cannot reach the managed Redis (a VPC address) (TCP 26379)"},
+	{"GKE metadata egress missing", "production+gke-metadata-egress", func(r *rendered) {
+		r.netpols = slices.DeleteFunc(r.netpols, func(n *networkingv1.NetworkPolicy) bool { return n.Name == "upsize-egress-gke-metadata" })
+	}, checkEgress, "cannot reach the GKE metadata server (TCP 80)"},
+	{"EKS Pod Identity egress opens the instance metadata", "production+eks-pod-identity-egress", func(r *rendered) {
+		r.netpol("upsize-egress-eks-pod-identity").Spec.Egress[0].To[0].IPBlock.CIDR = "169.254.0.0/16"
+	}, checkEgress, "can reach the cloud metadata server (TCP 80)"},
 }
 
 // mustLoad is load for mutations, which have no *testing.T; the overlay rendered in other tests already.
@@ -415,8 +532,8 @@ func TestDockerfileChecksCatchFaults(t *testing.T) {
 		{"golang in the final stage", "ca-certificates libvips42", "ca-certificates libvips42 golang-go", "installs golang-go"},
 		{"apt lists kept", "    && rm -rf /var/lib/apt/lists/* \\\n    && mkdir", "    && mkdir", "apt lists stay"},
 		{"recommends installed", "install -y --no-install-recommends ca-certificates", "install -y ca-certificates", "recommended packages"},
-		{"no MALLOC_ARENA_MAX", "ENV MALLOC_ARENA_MAX=2 \\\n    BLOB_DIR", "ENV BLOB_DIR", "MALLOC_ARENA_MAX"},
-		{"unknown ENV", "BLOB_DIR=/var/lib/upsize/blobs", "BLOBS_DIR=/var/lib/upsize/blobs", "ENV BLOBS_DIR"},
+		{"no MALLOC_ARENA_MAX", "ENV MALLOC_ARENA_MAX=2 \\\n    BLOB_URL", "ENV BLOB_URL", "MALLOC_ARENA_MAX"},
+		{"unknown ENV", "BLOB_URL=file:///var/lib/upsize/blobs", "BLOBS_URL=file:///var/lib/upsize/blobs", "ENV BLOBS_URL"},
 		{"worker not copied", "/out/upsize-api /out/upsize-worker /usr/local/bin/", "/out/upsize-api /usr/local/bin/", "no /usr/local/bin/upsize-worker"},
 		{"worker not built", "-o /out/upsize-worker ./cmd/worker", "-o /out/upsize-worker ./cmd/api", "no build stage RUN builds ./cmd/worker"},
 		{"Go toolchain copied", "COPY --from=build /out/upsize-api", "COPY --from=build /usr/local/go /usr/local/go\nCOPY --from=build /out/upsize-api", "toolchain files"},
@@ -476,8 +593,9 @@ func TestDocsChecksCatchOmissions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rs := []*rendered{load(t, "production-sentinel")}
-	for _, drop := range []string{"keda-sentinel-master", "deploy/k8s/overlays/production-sentinel"} {
+	rs := []*rendered{load(t, "production-sentinel"), load(t, "production+gke-metadata-egress")}
+	for _, drop := range []string{"keda-sentinel-master", "deploy/k8s/overlays/production-sentinel", "blob-url", "aws-secret-access-key",
+		"components/gke-metadata-egress"} {
 		errs := checkDocs(strings.ReplaceAll(string(doc), drop, "(removed)"), rs)
 		found := false
 		for _, err := range errs {

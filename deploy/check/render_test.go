@@ -2,6 +2,7 @@ package check
 
 import (
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -19,6 +20,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/json"
 	"sigs.k8s.io/kustomize/api/krusty"
+	"sigs.k8s.io/kustomize/api/resmap"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
 )
 
@@ -32,15 +34,59 @@ var overlaysDir = filepath.Join(repoRoot, "deploy", "k8s", "overlays")
 type expectation struct {
 	inClusterRedis bool // a Redis StatefulSet in the overlay (else REDIS_URL comes from a Secret)
 	sentinel       bool // KEDA reads Redis through its redis-sentinel scaler
-	rwxBlobs       bool // the blob volume must be ReadWriteMany (pods on several nodes)
+	blobs          blobStorage
+	// externalRedisPorts: the ports of a Redis outside the cluster (managed, or Sentinels) the API and the
+	// workers' egress must reach.
+	externalRedisPorts []int32
+	// identityEgress: credential endpoints a workload identity component opens (else they stay closed).
+	identityEgress []endpoint
 	// Secrets the overlay references but does not render: created out of band (docs/deploy.md says how).
 	externalSecrets []string
 }
 
+// blobStorage is where an overlay keeps image bytes.
+type blobStorage int
+
+const (
+	// blobVolume: a PersistentVolumeClaim every API and worker pod mounts at BLOB_URL's directory; the
+	// overlay runs on one node, so ReadWriteOnce does.
+	blobVolume blobStorage = iota + 1
+	// blobObjectStore: an object store (BLOB_URL s3://, gs://, azblob://, or from a Secret key); no pod
+	// mounts a claim, so pods run on any node with no ReadWriteMany storage.
+	blobObjectStore
+)
+
+var production = expectation{blobs: blobObjectStore, externalRedisPorts: []int32{6379}, externalSecrets: []string{"upsize-secrets"}}
+
 var overlays = map[string]expectation{
-	"single-node":         {inClusterRedis: true, externalSecrets: []string{"upsize-secrets"}},
-	"production":          {rwxBlobs: true, externalSecrets: []string{"upsize-secrets"}},
-	"production-sentinel": {rwxBlobs: true, sentinel: true, externalSecrets: []string{"upsize-secrets"}},
+	"single-node": {inClusterRedis: true, blobs: blobVolume, externalSecrets: []string{"upsize-secrets"}},
+	"production":  production,
+	"production-sentinel": {blobs: blobObjectStore, sentinel: true, externalRedisPorts: []int32{26379, 6379},
+		externalSecrets: []string{"upsize-secrets"}},
+}
+
+// variant is an overlay rendered with a component of deploy/k8s/components added, as docs/deploy.md
+// tells operators to. Every component needs a variant, so that each is checked like an overlay.
+type variant struct {
+	overlay, component string
+	expect             expectation
+}
+
+var variants = map[string]variant{
+	"production+gke-metadata-egress":     {"production", "gke-metadata-egress", withIdentityEgress(production, gkeMetadata, gkeMetadataDPv2)},
+	"production+eks-pod-identity-egress": {"production", "eks-pod-identity-egress", withIdentityEgress(production, eksPodIdentityAgent)},
+}
+
+func withIdentityEgress(e expectation, eps ...endpoint) expectation {
+	e.identityEgress = eps
+	return e
+}
+
+func expectationOf(name string) expectation {
+	if v, ok := variants[name]; ok {
+		return v.expect
+	}
+	return overlays[name]
 }
 
 // rendered is one overlay's output, every object decoded into its API type.
@@ -53,6 +99,7 @@ type rendered struct {
 	secrets         []*corev1.Secret
 	services        []*corev1.Service
 	pvcs            []*corev1.PersistentVolumeClaim
+	serviceAccounts []*corev1.ServiceAccount
 	deployments     []*appsv1.Deployment
 	statefulSets    []*appsv1.StatefulSet
 	hpas            []*autoscalingv2.HorizontalPodAutoscaler
@@ -72,6 +119,7 @@ var kinds = map[string]func(r *rendered) any{
 	"v1/Secret":                               func(r *rendered) any { return addTo(&r.secrets) },
 	"v1/Service":                              func(r *rendered) any { return addTo(&r.services) },
 	"v1/PersistentVolumeClaim":                func(r *rendered) any { return addTo(&r.pvcs) },
+	"v1/ServiceAccount":                       func(r *rendered) any { return addTo(&r.serviceAccounts) },
 	"apps/v1/Deployment":                      func(r *rendered) any { return addTo(&r.deployments) },
 	"apps/v1/StatefulSet":                     func(r *rendered) any { return addTo(&r.statefulSets) },
 	"autoscaling/v2/HorizontalPodAutoscaler":  func(r *rendered) any { return addTo(&r.hpas) },
@@ -104,7 +152,13 @@ func renderOverlay(name string) ([][]byte, error) {
 		return rr.docs, rr.err
 	}
 	k := krusty.MakeKustomizer(krusty.MakeDefaultOptions())
-	m, err := k.Run(filesys.MakeFsOnDisk(), filepath.Join(overlaysDir, name))
+	var m resmap.ResMap
+	var err error
+	if v, ok := variants[name]; ok {
+		m, err = renderVariant(k, v)
+	} else {
+		m, err = k.Run(filesys.MakeFsOnDisk(), filepath.Join(overlaysDir, name))
+	}
 	var docs [][]byte
 	if err == nil {
 		for _, res := range m.Resources() {
@@ -120,9 +174,39 @@ func renderOverlay(name string) ([][]byte, error) {
 	return docs, err
 }
 
+// renderVariant renders an overlay with a component added, from a kustomization next to the overlays in
+// an in-memory copy of deploy/k8s (kustomize takes no absolute paths, and the tests write nothing).
+func renderVariant(k *krusty.Kustomizer, v variant) (resmap.ResMap, error) {
+	mem := filesys.MakeFsInMemory()
+	k8s := filepath.Join(repoRoot, "deploy", "k8s")
+	err := filepath.WalkDir(k8s, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		rel, err := filepath.Rel(k8s, p)
+		if err != nil {
+			return err
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		return mem.WriteFile(filepath.Join("/k8s", rel), b)
+	})
+	if err != nil {
+		return nil, err
+	}
+	kust := "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - ../overlays/" + v.overlay +
+		"\ncomponents:\n  - ../components/" + v.component + "\n"
+	if err := mem.WriteFile("/k8s/variant/kustomization.yaml", []byte(kust)); err != nil {
+		return nil, err
+	}
+	return k.Run(mem, "/k8s/variant")
+}
+
 // decode strictly decodes every rendered object: unknown, duplicate or miscased fields are errors.
 func decode(name string, docs [][]byte) (*rendered, error) {
-	r := &rendered{overlay: name, expect: overlays[name]}
+	r := &rendered{overlay: name, expect: expectationOf(name)}
 	for _, doc := range docs {
 		var tm metav1.TypeMeta
 		if err := json.UnmarshalCaseSensitivePreserveInts(doc, &tm); err != nil {
@@ -145,19 +229,11 @@ func decode(name string, docs [][]byte) (*rendered, error) {
 	return r, nil
 }
 
-// overlayNames lists deploy/k8s/overlays; each must have an expectation.
+// overlayNames lists deploy/k8s/overlays, each of which must have an expectation, then the variants, one
+// for each component under deploy/k8s/components.
 func overlayNames(t *testing.T) []string {
 	t.Helper()
-	entries, err := os.ReadDir(overlaysDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, e := range entries {
-		if e.IsDir() {
-			names = append(names, e.Name())
-		}
-	}
+	names := subdirs(t, overlaysDir)
 	for _, n := range names {
 		if _, ok := overlays[n]; !ok {
 			t.Errorf("overlay %s has no expectation in render_test.go", n)
@@ -168,7 +244,42 @@ func overlayNames(t *testing.T) []string {
 			t.Errorf("expected overlay %s does not exist", n)
 		}
 	}
+	components := subdirs(t, componentsDir)
+	for _, c := range components {
+		found := false
+		for _, v := range variants {
+			found = found || v.component == c
+		}
+		if !found {
+			t.Errorf("component %s has no variant in render_test.go", c)
+		}
+	}
+	var vs []string
+	for n, v := range variants {
+		if !slices.Contains(components, v.component) {
+			t.Errorf("variant %s: component %s does not exist", n, v.component)
+		}
+		vs = append(vs, n)
+	}
 	sort.Strings(names)
+	sort.Strings(vs)
+	return append(names, vs...)
+}
+
+var componentsDir = filepath.Join(repoRoot, "deploy", "k8s", "components")
+
+func subdirs(t *testing.T, dir string) []string {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		if e.IsDir() {
+			names = append(names, e.Name())
+		}
+	}
 	return names
 }
 

@@ -13,7 +13,7 @@ import (
 func TestBinariesServeProbedRoutes(t *testing.T) {
 	sources := map[string][]string{
 		"internal/httpapi/routes.go": {`r.GET("` + probeRoutes.live + `"`, `r.GET("` + probeRoutes.ready + `"`, `r.GET("/metrics"`},
-		"cmd/worker/main.go":         {`"GET ` + probeRoutes.live + `"`, `"GET ` + probeRoutes.ready + `"`, `"GET /metrics"`},
+		"internal/app/worker.go":     {`"GET ` + probeRoutes.live + `"`, `"GET ` + probeRoutes.ready + `"`, `"GET /metrics"`},
 	}
 	for file, routes := range sources {
 		b, err := os.ReadFile(filepath.Join(repoRoot, file))
@@ -28,12 +28,16 @@ func TestBinariesServeProbedRoutes(t *testing.T) {
 	}
 }
 
-// checkDocs: docs/deploy.md names every overlay and every Secret key the manifests read, so that an
-// operator knows what to create before applying.
+// checkDocs: docs/deploy.md names every overlay, every component and every Secret key the manifests read,
+// so that an operator knows what to create before applying.
 func checkDocs(doc string, rs []*rendered) []error {
 	var errs []error
 	for _, r := range rs {
-		if !strings.Contains(doc, "deploy/k8s/overlays/"+r.overlay) {
+		if v, ok := variants[r.overlay]; ok {
+			if !strings.Contains(doc, "components/"+v.component) {
+				errs = append(errs, fmt.Errorf("docs/deploy.md does not mention the component components/%s", v.component))
+			}
+		} else if !strings.Contains(doc, "deploy/k8s/overlays/"+r.overlay) {
 			errs = append(errs, fmt.Errorf("docs/deploy.md does not mention deploy/k8s/overlays/%s", r.overlay))
 		}
 		for name, keys := range r.secretKeys() {

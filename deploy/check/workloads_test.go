@@ -3,11 +3,15 @@ package check
 import (
 	"fmt"
 	"net"
+	"os"
 	"path"
+	"path/filepath"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
+	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -114,7 +118,7 @@ type envValue struct {
 }
 
 // env resolves a container's environment from the rendered ConfigMaps; Secret values are unknown offline
-// and stand as empty (so config.Load uses its default for them).
+// and stand as empty here (upsizeContainers gives config.Load secretStandIns for some).
 func (r *rendered) env(c *corev1.Container) (map[string]envValue, []error) {
 	var errs []error
 	env := map[string]envValue{}
@@ -191,11 +195,42 @@ func (r *rendered) secretExists(name, key string) error {
 	return fmt.Errorf("Secret %s is neither rendered nor declared external", name)
 }
 
+// imageEnv is the ENV of the Dockerfile's final stage: every container of the image starts with it, and
+// the manifests' env overrides it name by name (an empty value clears one).
+var imageEnv = sync.OnceValues(func() (map[string]string, error) {
+	dt, err := os.ReadFile(filepath.Join(repoRoot, "Dockerfile"))
+	if err != nil {
+		return nil, err
+	}
+	d, warnings := parseDockerfile(dt)
+	if d == nil {
+		return nil, fmt.Errorf("Dockerfile: %v", warnings)
+	}
+	env := map[string]string{}
+	for _, c := range d.final().Commands {
+		if e, ok := c.(*instructions.EnvCommand); ok {
+			for _, kv := range e.Env {
+				env[kv.Key] = kv.Value
+			}
+		}
+	}
+	return env, nil
+})
+
+// secretStandIns take the place of Secret values, unknown offline, where a value being set changes what
+// internal/config does (BLOB_URL beside a BLOB_DIR is a start-up error); they have the documented form.
+// Other Secret values stand as empty, so that config.Load uses its default.
+var secretStandIns = map[string]string{"BLOB_URL": "s3://bucket-from-secret?region=us-east-1"}
+
 // upsizeContainers lists every API and worker container with its resolved configuration. A Deployment
 // container that runs neither binary is an error: each Deployment is one of the two roles.
 func (r *rendered) upsizeContainers() ([]upsizeContainer, []error) {
 	var out []upsizeContainer
 	var errs []error
+	img, err := imageEnv()
+	if err != nil {
+		errs = append(errs, err)
+	}
 	for _, w := range r.workloads() {
 		for i := range w.template.Spec.Containers {
 			c := &w.template.Spec.Containers[i]
@@ -208,7 +243,16 @@ func (r *rendered) upsizeContainers() ([]upsizeContainer, []error) {
 			}
 			env, envErrs := r.env(c)
 			errs = append(errs, prefixed(w.String(), envErrs)...)
-			cfg, err := config.Load(role, func(n string) string { return env[n].value })
+			// What the container's environment is: the image's ENV, under what the manifest sets.
+			cfg, err := config.Load(role, func(n string) string {
+				if v, ok := env[n]; ok {
+					if v.source == "secret" {
+						return secretStandIns[n]
+					}
+					return v.value
+				}
+				return img[n]
+			})
 			if err != nil {
 				errs = append(errs, fmt.Errorf("%s: internal/config refuses the environment: %w", w, err))
 				continue
