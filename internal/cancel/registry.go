@@ -73,10 +73,13 @@ type Settings struct {
 	MaxTombstones int64
 	// WaitReplicas (REDIS_WAIT_REPLICAS): every script that moves credits or decides an outcome is
 	// followed by WAIT for this many replicas, within WaitTimeout (REDIS_WAIT_TIMEOUT), before its result is
-	// acted on; 0: no wait.
+	// acted on; 0: no wait. See replicated.
 	WaitReplicas int
 	WaitTimeout  time.Duration
 }
+
+// DefaultWaitTimeout is WaitTimeout when WaitReplicas is set and WaitTimeout is not.
+const DefaultWaitTimeout = time.Second
 
 // DefaultMaxTombstones keeps ample room for the cancel-before-upsize race (seconds) while a client
 // that cancels made-up ids at full speed holds at most this many keys (about 200 bytes each).
@@ -86,6 +89,9 @@ const DefaultMaxTombstones = 1000
 func NewRegistry(rdb redis.UniversalClient, keys store.Keys, s Settings) *Registry {
 	if s.MaxTombstones <= 0 {
 		s.MaxTombstones = DefaultMaxTombstones
+	}
+	if s.WaitReplicas > 0 && s.WaitTimeout <= 0 {
+		s.WaitTimeout = DefaultWaitTimeout // WAIT 0 would block for ever
 	}
 	return &Registry{rdb: rdb, keys: keys, set: s}
 }
@@ -100,7 +106,15 @@ func nowMS() string { return strconv.FormatInt(time.Now().UnixMilli(), 10) }
 // ErrNotFound: no request with that id for that user.
 var ErrNotFound = errors.New("cancel: no such request")
 
-// Get reads a request.
+// ErrNotReplicated: WaitReplicas replicas did not acknowledge within WaitTimeout. The write may have
+// been applied on the master and may still survive, or be lost in a failover: the caller must not act
+// on it, and may repeat the call (every script is idempotent).
+var ErrNotReplicated = errors.New("cancel: not acknowledged by enough Redis replicas")
+
+// Get reads a request. An outcome (a terminal state) is what callers tell clients (201, 409, GET
+// /api/requests), and it may have been decided a moment ago by another process whose own WAIT has not
+// returned yet: with WaitReplicas set, Get returns an outcome only once replicas have it (durable), else
+// an error (the API then re-reads it or answers 503). Other states need no wait.
 func (r *Registry) Get(ctx context.Context, userID int64, requestID string) (Request, error) {
 	m, err := r.rdb.HGetAll(ctx, r.keys.Request(userID, requestID)).Result()
 	if err != nil {
@@ -109,7 +123,70 @@ func (r *Registry) Get(ctx context.Context, userID int64, requestID string) (Req
 	if len(m) == 0 {
 		return Request{}, ErrNotFound
 	}
-	return fromHash(userID, requestID, m), nil
+	req := fromHash(userID, requestID, m)
+	if err := r.durable(ctx, req.State); err != nil {
+		return Request{}, err
+	}
+	return req, nil
+}
+
+// durable returns once replicas have everything the master had done, when st (just read) is an outcome
+// and WaitReplicas is set: an outcome is acted on (answered, or a task skipped) only once a failover
+// cannot lose it.
+func (r *Registry) durable(ctx context.Context, st State) error {
+	if !st.Terminal() || r.set.WaitReplicas <= 0 {
+		return nil
+	}
+	_, err := r.replicated(ctx, nil)
+	return err
+}
+
+// run runs one of the scripts that move credits or decide an outcome (admit, complete, fail, lost,
+// cancel). With WaitReplicas set, its answer is returned only once that many replicas have everything
+// it read and wrote (replicated); otherwise its error says why not, and the caller treats it as it
+// treats any Redis error: the API answers 503 or 202 and tells no outcome, the worker retries
+// (jobs.record). Such an error may come after the script was applied on the master; repeating the call
+// is safe, because every script is idempotent: a second admit finds the request ("exists"), a second
+// complete/fail/cancel finds the outcome already decided and returns it, a second lost finds the request
+// (-1). No client is told an outcome that a failover could still lose.
+func (r *Registry) run(ctx context.Context, s *redis.Script, keys []string, args ...any) *redis.Cmd {
+	if r.set.WaitReplicas <= 0 {
+		return s.Run(ctx, r.rdb, keys, args...)
+	}
+	cmd, err := r.replicated(ctx, func(p redis.Pipeliner) *redis.Cmd { return s.EvalSha(ctx, p, keys, args...) })
+	if cmd.Err() != nil && redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
+		// Not in this master's script cache (a new master after a failover, a restart): send the body.
+		cmd, err = r.replicated(ctx, func(p redis.Pipeliner) *redis.Cmd { return s.Eval(ctx, p, keys, args...) })
+	}
+	if err != nil && cmd.Err() == nil {
+		cmd.SetErr(err)
+	}
+	return cmd
+}
+
+// replicated sends, on one connection (a pipeline): the script call that script adds (none for durable),
+// a PUBLISH on a channel nobody listens to, and WAIT WaitReplicas WaitTimeout. WAIT is documented to
+// cover "the previous write commands" of its connection, so the PUBLISH (the cheapest write Redis
+// replicates) makes it cover everything the master had done by then: the script's own writes and, when
+// the script wrote nothing because the outcome was already decided (a cancel after a cancel, an admit of
+// a taken id, a complete that lost the race) or for Get, the writes of whoever decided it. (Redis 7.0
+// happens to stamp a connection with the master's offset after any command; newer servers only after a
+// write.) Fewer replicas than asked within WaitTimeout is ErrNotReplicated.
+func (r *Registry) replicated(ctx context.Context, script func(redis.Pipeliner) *redis.Cmd) (*redis.Cmd, error) {
+	pipe := r.rdb.Pipeline()
+	var cmd *redis.Cmd
+	if script != nil {
+		cmd = script(pipe)
+	}
+	pipe.Publish(ctx, r.keys.Prefix+"fence", "")
+	wait := pipe.Do(ctx, "WAIT", r.set.WaitReplicas, r.set.WaitTimeout.Milliseconds())
+	if _, err := pipe.Exec(ctx); err != nil {
+		return cmd, err
+	}
+	if n, _ := wait.Int64(); n < int64(r.set.WaitReplicas) {
+		return cmd, fmt.Errorf("%w: %d of %d within %s", ErrNotReplicated, n, r.set.WaitReplicas, r.set.WaitTimeout)
+	}
+	return cmd, nil
 }
 
 func fromHash(userID int64, requestID string, m map[string]string) Request {
@@ -165,7 +242,7 @@ type AdmitResult struct {
 // queued, atomically.
 func (r *Registry) Admit(ctx context.Context, a Admission) (AdmitResult, error) {
 	k := r.keys
-	v, err := admitScript.Run(ctx, r.rdb,
+	v, err := r.run(ctx, admitScript,
 		[]string{k.Request(a.UserID, a.RequestID), k.User(a.UserID), k.ImageSeq(), k.Unenqueued(), k.Open(a.UserID)},
 		a.Cost, r.set.MaxOpen, a.ImageID, a.Scale, a.Model, a.Queue, a.TaskID, nowMS(), signal(a.UserID, a.RequestID),
 		a.RequestID).Slice()
@@ -238,6 +315,10 @@ func (r *Registry) Start(ctx context.Context, userID int64, requestID string) (r
 		return Request{}, false, ErrNotFound
 	}
 	req = fromHash(userID, requestID, m)
+	// A task skipped for an outcome that a failover then lost would leave its request without one.
+	if err := r.durable(ctx, req.State); err != nil {
+		return Request{}, false, err
+	}
 	return req, req.State == Running, nil
 }
 
@@ -246,7 +327,7 @@ func (r *Registry) Start(ctx context.Context, userID int64, requestID string) (r
 func (r *Registry) Complete(ctx context.Context, req Request, img store.Image) (State, error) {
 	k := r.keys
 	args := append([]any{k.Events(), signal(req.UserID, req.ID), nowMS(), r.set.TTL.Milliseconds(), req.ID}, img.Fields()...)
-	st, err := completeScript.Run(ctx, r.rdb, []string{k.Request(req.UserID, req.ID), k.Image(img.ID), k.Open(req.UserID)}, args...).Text()
+	st, err := r.run(ctx, completeScript, []string{k.Request(req.UserID, req.ID), k.Image(img.ID), k.Open(req.UserID)}, args...).Text()
 	return State(st), err
 }
 
@@ -254,7 +335,7 @@ func (r *Registry) Complete(ctx context.Context, req Request, img store.Image) (
 // state that had already won.
 func (r *Registry) Fail(ctx context.Context, userID int64, requestID string, code int, data string) (State, error) {
 	k := r.keys
-	st, err := failScript.Run(ctx, r.rdb, []string{k.Request(userID, requestID), k.User(userID), k.Open(userID)},
+	st, err := r.run(ctx, failScript, []string{k.Request(userID, requestID), k.User(userID), k.Open(userID)},
 		k.Events(), signal(userID, requestID), nowMS(), code, data, r.set.TTL.Milliseconds(), requestID).Text()
 	return State(st), err
 }
@@ -264,7 +345,7 @@ func (r *Registry) Fail(ctx context.Context, userID int64, requestID string, cod
 // the request turned out to exist after all (nothing was done).
 func (r *Registry) Lost(ctx context.Context, userID int64, requestID string, code int, data string) (refunded int64, exists bool, err error) {
 	k := r.keys
-	n, err := lostScript.Run(ctx, r.rdb, []string{k.Request(userID, requestID), k.User(userID), k.Open(userID)},
+	n, err := r.run(ctx, lostScript, []string{k.Request(userID, requestID), k.User(userID), k.Open(userID)},
 		k.Events(), signal(userID, requestID), nowMS(), code, data, r.set.TTL.Milliseconds(), requestID).Int64()
 	if err != nil {
 		return 0, false, err
@@ -286,7 +367,7 @@ type CancelResult struct {
 // workers are told), an unknown id gets a tombstone, and a finished request is left as it is.
 func (r *Registry) Cancel(ctx context.Context, userID int64, requestID string) (CancelResult, error) {
 	k := r.keys
-	v, err := cancelScript.Run(ctx, r.rdb,
+	v, err := r.run(ctx, cancelScript,
 		[]string{k.Request(userID, requestID), k.User(userID), k.Open(userID), k.Tombstones(userID)},
 		k.Events(), k.Cancels(), signal(userID, requestID), nowMS(), r.set.TTL.Milliseconds(), requestID,
 		r.set.MaxTombstones, k.Request(userID, "")).Slice()

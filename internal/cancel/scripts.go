@@ -20,6 +20,9 @@ import "github.com/redis/go-redis/v9"
 //	user:{user}        hash owned by package store; these scripts change only its "credits" field.
 //	image:{id}         hash owned by package store; `complete` writes the result's record (store.Image.Fields).
 //	seq:image          counter owned by package store; `admit` takes the result's id from it.
+//
+// With REDIS_WAIT_REPLICAS set, each of admit, complete, fail, lost and cancel is sent with a PUBLISH on
+// the channel "fence" (nobody listens) and a WAIT, on one connection: Registry.replicated.
 
 // admitScript reserves the cost and records a queued request, unless the id is taken, the user has too
 // many open requests, or credits are short.

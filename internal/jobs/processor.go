@@ -136,11 +136,22 @@ func (p *Processor) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	case err == nil:
 		return p.complete(log, req, img, &rep)
 	case errors.Is(context.Cause(workCtx), cancel.ErrCanceled):
-		// The registry already refunded it; only the bytes may be left.
-		if now, err := p.Registry.Get(ctx, req.UserID, req.ID); err == nil && !now.Finished.IsZero() {
-			rep.CancelStop = time.Since(now.Finished)
+		// The registry already refunded it; only the bytes may be left. The cancel's signal can arrive
+		// before the cancel is safe on a replica (REDIS_WAIT_REPLICAS): the task ends only once the
+		// registry, read with that guarantee, says the request has an outcome; otherwise (the cancel was
+		// lost in a failover, or Redis does not answer) asynq runs it again and the registry decides.
+		now, err := p.Registry.Get(ctx, req.UserID, req.ID)
+		if err == nil && !now.State.Terminal() {
+			err = fmt.Errorf("jobs: stopped by a cancel, but the request is %s", now.State)
 		}
 		p.deleteResult(log, req)
+		if err != nil {
+			rep.Outcome, rep.Reason = "retry", err.Error()
+			return err
+		}
+		if !now.Finished.IsZero() {
+			rep.CancelStop = time.Since(now.Finished)
+		}
 		rep.Outcome = "canceled"
 		return nil
 	}
