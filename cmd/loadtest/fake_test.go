@@ -189,7 +189,7 @@ func (f *fakeAPI) upsize(w http.ResponseWriter, r *http.Request) {
 	if f.owners[img] != user || err != nil || parseScale(body.ScaleSize) != nil || r.Header.Get("Content-Type") != "application/json" {
 		f.problems = append(f.problems, fmt.Sprintf("upsize of image %d by user %d, body %+v (%v)", img, user, body, err))
 	}
-	queue := jobs.QueueFor(f.plans[user])
+	queue, _ := jobs.QueuesFor(f.plans[user], 0)
 	f.mu.Unlock()
 
 	if f.hang {
@@ -225,7 +225,7 @@ func (f *fakeAPI) request(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	polls, ok := f.polls[key]
 	f.polls[key] = polls + 1
-	queue := jobs.QueueFor(f.plans[user])
+	queue, _ := jobs.QueuesFor(f.plans[user], 0)
 	f.mu.Unlock()
 	if !ok {
 		f.problem("poll of %s, which was not answered 202", key)

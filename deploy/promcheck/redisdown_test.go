@@ -22,6 +22,7 @@ import (
 
 	"upsize/internal/jobs"
 	"upsize/internal/metrics"
+	"upsize/internal/store"
 	"upsize/internal/obs"
 	"upsize/internal/testredis"
 )
@@ -44,7 +45,8 @@ func TestRedisDown(t *testing.T) {
 	// Each registry is filled alike, so that a family missing with Redis down is one the outage took.
 	apiReg := func(rdb redis.UniversalClient) *prometheus.Registry {
 		reg := obs.NewRegistry()
-		m := metrics.NewAPI(reg, rdb, jobs.Queues, jobs.PendingKey, jobs.ActiveKey)
+		m := metrics.NewAPI(reg, rdb, metrics.Backlog{Queues: jobs.Queues, PendingKey: jobs.PendingKey, ActiveKey: jobs.ActiveKey,
+			WorkKey: store.DefaultKeys.Work(), WorkDoneKey: store.DefaultKeys.WorkDone()})
 		m.HTTPInFlight.Set(2)
 		m.HTTPDuration.WithLabelValues("/api/images/:id/upsize", "POST", "503", "web").Observe(0.01)
 		m.Outcomes.WithLabelValues("unavailable", "queue_unavailable", "2x").Inc()

@@ -13,6 +13,7 @@ import (
 	"upsize/internal/jobs"
 	"upsize/internal/metrics"
 	"upsize/internal/obs"
+	"upsize/internal/store"
 )
 
 // API is the HTTP front door: its handler, the hub that wakes waiting upsizes, the queue, and the
@@ -32,12 +33,12 @@ type API struct {
 // NewAPI wires the API from b's configuration.
 func NewAPI(b *Base) *API {
 	cfg := b.Config
-	a := &API{Base: b, Hub: cancel.NewHub(b.Redis, b.Registry), Queue: jobs.NewQueue(b.Redis), stopWaiting: make(chan struct{})}
+	a := &API{Base: b, Hub: cancel.NewHub(b.Redis, b.Registry), Queue: jobs.NewQueue(b.Redis, store.DefaultKeys), stopWaiting: make(chan struct{})}
 	a.Handler = httpapi.NewHandler(&httpapi.Deps{
 		Log: b.Log, Store: b.Store, Registry: b.Registry, Hub: a.Hub, Queue: a.Queue, Blobs: b.Blobs,
 		Limits: httpapi.Limits{
 			MaxUploadBytes: cfg.MaxUploadBytes, MaxInputPixels: cfg.MaxInputPixels, MaxOutputPixels: cfg.MaxOutputPixels,
-			QueueMaxBacklog: cfg.QueueMaxBacklog, WaitTimeout: cfg.UpsizeWaitTimeout,
+			QueueMaxBacklog: cfg.QueueMaxBacklog, QueueMaxBacklogWork: cfg.QueueMaxBacklogWork, WaitTimeout: cfg.UpsizeWaitTimeout,
 			BodyTimeout: cfg.BodyTimeout, UploadMemory: cfg.UploadMemory, ValidateMemory: cfg.ValidateMemory,
 			ValidateTimeout: cfg.ValidateTimeout, GateWait: cfg.UploadWait, FileRedirect: cfg.BlobRedirect,
 		},
@@ -45,7 +46,10 @@ func NewAPI(b *Base) *API {
 		Ready:          a.ready,
 		StopWaiting:    a.stopWaiting,
 		MetricsHandler: obs.Handler(b.Metrics, b.Log),
-		Measure:        metrics.NewAPI(b.Metrics, b.Redis, jobs.Queues, jobs.PendingKey, jobs.ActiveKey),
+		Measure: metrics.NewAPI(b.Metrics, b.Redis, metrics.Backlog{
+			Queues: jobs.Queues, PendingKey: jobs.PendingKey, ActiveKey: jobs.ActiveKey,
+			WorkKey: store.DefaultKeys.Work(), WorkDoneKey: store.DefaultKeys.WorkDone(),
+		}),
 	})
 	return a
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -22,8 +23,10 @@ import (
 
 // Worker runs upsize tasks from asynq, and serves /healthz, /readyz and /metrics on Health.
 type Worker struct {
-	Base      *Base
-	Server    *asynq.Server
+	Base *Base
+	// Servers: with WORKER_CONCURRENCY n ≥ 2, one asynq server of n-1 slots takes every queue and another
+	// of one slot takes only small tasks' queues, so heavy work never holds every slot (jobs.Queues).
+	Servers   []*asynq.Server
 	Processor *jobs.Processor
 	Inflight  *cancel.Inflight
 	Janitor   *janitor.Janitor
@@ -66,10 +69,22 @@ func NewWorker(b *Base, o WorkerOptions) (*Worker, error) {
 	w.Janitor = jan
 	w.mux = asynq.NewServeMux()
 	w.mux.Handle(jobs.TypeUpsize, w.Processor)
+	if n := cfg.WorkerConcurrency; n >= 2 {
+		w.Servers = []*asynq.Server{newServer(b, n-1, jobs.QueueWeights), newServer(b, 1, jobs.SmallQueueWeights)}
+	} else {
+		w.Servers = []*asynq.Server{newServer(b, n, jobs.QueueWeights)} // one slot: nothing to reserve
+	}
+	w.Health = w.healthHandler()
+	return w, nil
+}
+
+// newServer is an asynq server of slots slots over the queues.
+func newServer(b *Base, slots int, queues map[string]int) *asynq.Server {
+	cfg := b.Config
 	retry := cfg.TaskRetryDelay
-	w.Server = asynq.NewServerFromRedisClient(b.Redis, asynq.Config{
-		Concurrency: cfg.WorkerConcurrency,
-		Queues:      jobs.QueueWeights,
+	return asynq.NewServerFromRedisClient(b.Redis, asynq.Config{
+		Concurrency: slots,
+		Queues:      queues,
 		// asynq polls idle queues; its default of 1 s would add ~0.5-1 s to every request.
 		TaskCheckInterval: cfg.WorkerPollInterval,
 		ShutdownTimeout:   cfg.ShutdownTimeout,
@@ -80,8 +95,6 @@ func NewWorker(b *Base, o WorkerOptions) (*Worker, error) {
 		Logger:                   obs.AsynqLogger{L: b.Log},
 		LogLevel:                 asynq.WarnLevel,
 	})
-	w.Health = w.healthHandler()
-	return w, nil
 }
 
 // Start listens for cancels, then takes tasks (only once cancels are heard, so that no cancel of a
@@ -98,9 +111,14 @@ func (w *Worker) Start(ctx context.Context) error {
 		w.bg.stop()
 		return err
 	}
-	if err := w.Server.Start(w.mux); err != nil {
-		w.bg.stop()
-		return err
+	for i, srv := range w.Servers {
+		if err := srv.Start(w.mux); err != nil {
+			for _, started := range w.Servers[:i] {
+				started.Shutdown()
+			}
+			w.bg.stop()
+			return err
+		}
 	}
 	w.bg.run(w.Janitor.Run)
 	return nil
@@ -110,7 +128,11 @@ func (w *Worker) Start(ctx context.Context) error {
 // to the queue.
 func (w *Worker) Stop() {
 	w.draining.Store(true)
-	w.Server.Shutdown()
+	var wg sync.WaitGroup
+	for _, srv := range w.Servers {
+		wg.Go(srv.Shutdown) // at once: each waits up to SHUTDOWN_TIMEOUT for its running tasks
+	}
+	wg.Wait()
 	if w.bg != nil {
 		w.bg.stop()
 	}
@@ -125,7 +147,12 @@ func (w *Worker) ready() error {
 	default:
 		return errors.New("not yet subscribed to cancels")
 	}
-	return w.Server.Ping()
+	for _, srv := range w.Servers {
+		if err := srv.Ping(); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (w *Worker) healthHandler() http.Handler {

@@ -44,7 +44,8 @@ type Request struct {
 	Scale     string // "2x", "4x", "8x"
 	Model     string
 	Cost      int64
-	ResultID  int64 // id the result image gets when it completes
+	Work      time.Duration // estimated worker time
+	ResultID  int64         // id the result image gets when it completes
 	Queue     string
 	TaskID    string
 	ErrCode   int    // failed only
@@ -199,7 +200,7 @@ func fromHash(userID int64, requestID string, m map[string]string) Request {
 	}
 	return Request{
 		UserID: userID, ID: requestID, State: State(m["state"]), Tombstone: m["tombstone"] == "1",
-		ImageID: i64("image"), Scale: m["scale"], Model: m["model"], Cost: i64("cost"), ResultID: i64("result"),
+		ImageID: i64("image"), Scale: m["scale"], Model: m["model"], Cost: i64("cost"), Work: time.Duration(i64("work")) * time.Millisecond, ResultID: i64("result"),
 		Queue: m["queue"], TaskID: m["task"], ErrCode: int(i64("code")), ErrData: m["data"], Attempts: int(i64("attempts")),
 		Created: ms("created"), Started: ms("started"), Finished: ms("finished"),
 	}
@@ -225,7 +226,12 @@ type Admission struct {
 	Scale     string
 	Model     string
 	Cost      int64
+	Work      time.Duration // estimated worker time (policy.WorkModel)
+	// Queue is the request's queue; with QueueMore set, a user who already has Lane requests in either
+	// goes to QueueMore instead (the admission decides, atomically, and Request.Queue says which).
 	Queue     string
+	QueueMore string
+	Lane      int
 	TaskID    string
 }
 
@@ -243,9 +249,9 @@ type AdmitResult struct {
 func (r *Registry) Admit(ctx context.Context, a Admission) (AdmitResult, error) {
 	k := r.keys
 	v, err := r.run(ctx, admitScript,
-		[]string{k.Request(a.UserID, a.RequestID), k.User(a.UserID), k.ImageSeq(), k.Unenqueued(), k.Open(a.UserID)},
+		[]string{k.Request(a.UserID, a.RequestID), k.User(a.UserID), k.ImageSeq(), k.Unenqueued(), k.Open(a.UserID), k.Work()},
 		a.Cost, r.set.MaxOpen, a.ImageID, a.Scale, a.Model, a.Queue, a.TaskID, nowMS(), signal(a.UserID, a.RequestID),
-		a.RequestID).Slice()
+		a.RequestID, max(a.Work.Milliseconds(), 1), a.QueueMore, a.Lane).Slice()
 	if err != nil {
 		return AdmitResult{}, err
 	}
@@ -327,7 +333,8 @@ func (r *Registry) Start(ctx context.Context, userID int64, requestID string) (r
 func (r *Registry) Complete(ctx context.Context, req Request, img store.Image) (State, error) {
 	k := r.keys
 	args := append([]any{k.Events(), signal(req.UserID, req.ID), nowMS(), r.set.TTL.Milliseconds(), req.ID}, img.Fields()...)
-	st, err := r.run(ctx, completeScript, []string{k.Request(req.UserID, req.ID), k.Image(img.ID), k.Open(req.UserID)}, args...).Text()
+	st, err := r.run(ctx, completeScript,
+		[]string{k.Request(req.UserID, req.ID), k.Image(img.ID), k.Open(req.UserID), k.Work(), k.WorkDone()}, args...).Text()
 	return State(st), err
 }
 
@@ -335,7 +342,7 @@ func (r *Registry) Complete(ctx context.Context, req Request, img store.Image) (
 // state that had already won.
 func (r *Registry) Fail(ctx context.Context, userID int64, requestID string, code int, data string) (State, error) {
 	k := r.keys
-	st, err := r.run(ctx, failScript, []string{k.Request(userID, requestID), k.User(userID), k.Open(userID)},
+	st, err := r.run(ctx, failScript, []string{k.Request(userID, requestID), k.User(userID), k.Open(userID), k.Work()},
 		k.Events(), signal(userID, requestID), nowMS(), code, data, r.set.TTL.Milliseconds(), requestID).Text()
 	return State(st), err
 }
@@ -345,7 +352,7 @@ func (r *Registry) Fail(ctx context.Context, userID int64, requestID string, cod
 // the request turned out to exist after all (nothing was done).
 func (r *Registry) Lost(ctx context.Context, userID int64, requestID string, code int, data string) (refunded int64, exists bool, err error) {
 	k := r.keys
-	n, err := r.run(ctx, lostScript, []string{k.Request(userID, requestID), k.User(userID), k.Open(userID)},
+	n, err := r.run(ctx, lostScript, []string{k.Request(userID, requestID), k.User(userID), k.Open(userID), k.Work()},
 		k.Events(), signal(userID, requestID), nowMS(), code, data, r.set.TTL.Milliseconds(), requestID).Int64()
 	if err != nil {
 		return 0, false, err
@@ -368,7 +375,7 @@ type CancelResult struct {
 func (r *Registry) Cancel(ctx context.Context, userID int64, requestID string) (CancelResult, error) {
 	k := r.keys
 	v, err := r.run(ctx, cancelScript,
-		[]string{k.Request(userID, requestID), k.User(userID), k.Open(userID), k.Tombstones(userID)},
+		[]string{k.Request(userID, requestID), k.User(userID), k.Open(userID), k.Tombstones(userID), k.Work()},
 		k.Events(), k.Cancels(), signal(userID, requestID), nowMS(), r.set.TTL.Milliseconds(), requestID,
 		r.set.MaxTombstones, k.Request(userID, "")).Slice()
 	if err != nil {

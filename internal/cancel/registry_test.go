@@ -449,3 +449,58 @@ func killSubscriptions(t *testing.T, rdb *redis.Client) {
 		t.Fatalf("no subscription of DB %d to kill in:\n%s", rdb.Options().DB, list)
 	}
 }
+
+// A user's first Lane large requests go to the first queue, the rest to the more one; the work of every
+// open request is in its queue's backlog until it ends, and completed work is counted.
+func TestLanesAndWork(t *testing.T) {
+	f := setup(t, 100)
+	other, _ := f.st.CreateUser(f.ctx, store.UserPatch{Credits: ptr(int64(100))})
+	admit := func(uid int64, rid string, work time.Duration) cancel.Request {
+		t.Helper()
+		res, err := f.reg.Admit(f.ctx, cancel.Admission{UserID: uid, RequestID: rid, ImageID: 1, Scale: "8x",
+			Model: "lanczos3", Cost: 1, Work: work, Queue: "first", QueueMore: "more", Lane: 2, TaskID: rid})
+		if err != nil || !res.Admitted {
+			t.Fatalf("admit %s: %+v %v", rid, res, err)
+		}
+		return res.Request
+	}
+	var queues []string
+	for i := 0; i < 4; i++ {
+		queues = append(queues, admit(f.user.ID, fmt.Sprintf("l%d", i), 3*time.Second).Queue)
+	}
+	if fmt.Sprint(queues) != "[first first more more]" {
+		t.Fatalf("lanes %v", queues)
+	}
+	if q := admit(other.ID, "o0", 5*time.Second).Queue; q != "first" {
+		t.Fatalf("another user's first request went to %s", q)
+	}
+	work := func() map[string]string { return f.rdb.HGetAll(f.ctx, store.DefaultKeys.Work()).Val() }
+	if w := work(); w["first"] != "11000" || w["more"] != "6000" {
+		t.Fatalf("backlog work %v, want first 11000, more 6000 (ms)", w)
+	}
+	// Each outcome takes its request's work out of its queue: complete (counted as done), cancel, fail,
+	// and a lost request (from what open kept).
+	l0, _ := f.reg.Get(f.ctx, f.user.ID, "l0")
+	if _, _, err := f.reg.Start(f.ctx, f.user.ID, "l0"); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := f.reg.Complete(f.ctx, l0, store.Image{ID: l0.ResultID, OwnerID: f.user.ID, Scale: "8x", Format: "png"}); err != nil || st != cancel.Completed {
+		t.Fatalf("complete: %s %v", st, err)
+	}
+	f.reg.Cancel(f.ctx, f.user.ID, "l1")
+	f.reg.Fail(f.ctx, f.user.ID, "l2", 500, "upsize_failed")
+	f.rdb.Del(f.ctx, store.DefaultKeys.Request(f.user.ID, "l3"))
+	if _, _, err := f.reg.Lost(f.ctx, f.user.ID, "l3", 500, "upsize_failed"); err != nil {
+		t.Fatal(err)
+	}
+	if w := work(); w["first"] != "5000" || w["more"] != "0" {
+		t.Fatalf("backlog work after four outcomes %v, want first 5000 (o0), more 0", w)
+	}
+	if done := f.rdb.Get(f.ctx, store.DefaultKeys.WorkDone()).Val(); done != "3000" {
+		t.Fatalf("work done %s, want 3000", done)
+	}
+	// Lanes free up as requests end.
+	if q := admit(f.user.ID, "l4", time.Second).Queue; q != "first" {
+		t.Fatalf("after its requests ended, the user's next went to %s", q)
+	}
+}

@@ -40,8 +40,10 @@ type Config struct {
 	MaxInputPixels    int64
 	MaxOutputPixels   int64
 	QueueMaxBacklog   int64
-	MaxUploadBytes    int64
-	RequestTTL        time.Duration
+	// QueueMaxBacklogWork bounds the backlog in estimated work-seconds (QUEUE_MAX_BACKLOG_SECONDS; 0: none).
+	QueueMaxBacklogWork time.Duration
+	MaxUploadBytes      int64
+	RequestTTL          time.Duration
 	// MaxQueuedPerUser bounds one user's queued + running requests (rule 13); MaxTombstonesPerUser bounds
 	// the cancel tombstones one user can leave.
 	MaxQueuedPerUser     int64
@@ -96,6 +98,7 @@ func Load(role string, getenv func(string) string) (Config, error) {
 		MaxInputPixels:       r.int("MAX_INPUT_PIXELS", 50_000_000, 1),
 		MaxOutputPixels:      r.int("MAX_OUTPUT_PIXELS", 100_000_000, 1),
 		QueueMaxBacklog:      r.int("QUEUE_MAX_BACKLOG", 10_000, 0),
+		QueueMaxBacklogWork:  time.Duration(r.int("QUEUE_MAX_BACKLOG_SECONDS", 7200, 0)) * time.Second,
 		MaxUploadBytes:       r.int("MAX_UPLOAD_BYTES", 32<<20, 1),
 		RequestTTL:           r.dur("REQUEST_TTL", 24*time.Hour),
 		MaxQueuedPerUser:     r.int("MAX_QUEUED_PER_USER", 100, 0),

@@ -268,12 +268,12 @@ func BenchmarkPaidDuringFreeBurst(b *testing.B) {
 				e.Want(e.Upsize(context.Background(), free.Key, freeImg, "2x", fmt.Sprintf("burst-%d-%d", i, k)), 201, "")
 			}()
 		}
-		for n, _ := e.Queue.Backlog(context.Background()); n < burst/2; n, _ = e.Queue.Backlog(context.Background()) {
+		for n, _ := e.Queue.Backlog(context.Background()); n.Tasks < burst/2; n, _ = e.Queue.Backlog(context.Background()) {
 			time.Sleep(5 * time.Millisecond) // the burst is queued
 		}
 		during = append(during, paidRun(fmt.Sprintf("during-%d", i))...)
 		backlog, _ := e.Queue.Backlog(context.Background())
-		b.ReportMetric(float64(backlog), "free-backlog-after-paid")
+		b.ReportMetric(float64(backlog.Tasks), "free-backlog-after-paid")
 		wg.Wait()
 	}
 	p95 := func(ds []time.Duration) float64 {

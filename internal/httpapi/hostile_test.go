@@ -322,8 +322,8 @@ func TestFormatSideLimitsAtAdmission(t *testing.T) {
 	if c := e.Credits(u.ID); c != 100 {
 		t.Fatalf("credits %d", c)
 	}
-	if n, _ := e.Queue.Backlog(context.Background()); n != 0 {
-		t.Fatalf("%d tasks enqueued for refused requests", n)
+	if n, _ := e.Queue.Backlog(context.Background()); n.Tasks != 0 || n.Work != 0 {
+		t.Fatalf("%+v enqueued for refused requests", n)
 	}
 }
 

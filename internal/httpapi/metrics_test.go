@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"upsize/internal/jobs"
 	"upsize/internal/testenv"
 	"upsize/internal/testimg"
 )
@@ -127,5 +128,30 @@ func TestLogsCarryIDsAndNoSecrets(t *testing.T) {
 	}
 	if taskLine == nil || taskLine["task_id"] == "" || fmt.Sprint(taskLine["user_id"]) != fmt.Sprint(u.ID) || taskLine["outcome"] != "completed" {
 		t.Fatalf("task line: %v", taskLine)
+	}
+}
+
+// The backlog is exported in estimated work per queue, queued and running, and goes back to zero when
+// requests end.
+func TestBacklogWorkIsExported(t *testing.T) {
+	e := testenv.New(t, testenv.Options{NoWorker: true, WaitTimeout: 50 * time.Millisecond})
+	e.Configure()
+	u := e.NewUser("paid", 100)
+	id := e.UploadOK(u.Key, testimg.EncodePNG(testimg.Gradient(64, 64)))
+	e.Want(e.Upsize(context.Background(), u.Key, id, "2x", "work-1"), 202, "")
+	work := func() map[string]float64 {
+		out := map[string]float64{}
+		for _, m := range e.Exposed()["upsize_backlog_work_seconds"].GetMetric() {
+			out[m.GetLabel()[0].GetValue()] = m.GetGauge().GetValue()
+		}
+		return out
+	}
+	w := work()
+	if len(w) != len(jobs.Queues) || w[jobs.QueuePaidSmall] <= 0 || w[jobs.QueuePaid] != 0 {
+		t.Fatalf("backlog work %v: want the small 2x in %s only", w, jobs.QueuePaidSmall)
+	}
+	e.Want(e.Cancel(u.Key, "work-1"), 200, "")
+	if w := work(); w[jobs.QueuePaidSmall] != 0 {
+		t.Fatalf("backlog work after the cancel %v", w)
 	}
 }

@@ -25,8 +25,9 @@ import (
 type Queue interface {
 	Enqueue(ctx context.Context, queue string, p jobs.Payload) error
 	Remove(ctx context.Context, queue, taskID string) error
-	Backlog(ctx context.Context) (int64, error)
-	RetryAfter(ctx context.Context, backlog, max int64) int
+	Backlog(ctx context.Context) (jobs.Backlog, error)
+	// RetryAfter is how many seconds the workers take to get through work, from their measured rate.
+	RetryAfter(ctx context.Context, work time.Duration) int
 }
 
 // Limits are the configured bounds the API enforces.
@@ -35,7 +36,9 @@ type Limits struct {
 	MaxInputPixels  int64
 	MaxOutputPixels int64
 	QueueMaxBacklog int64
-	WaitTimeout     time.Duration
+	// QueueMaxBacklogWork bounds the backlog in estimated work (QUEUE_MAX_BACKLOG_SECONDS; 0: none).
+	QueueMaxBacklogWork time.Duration
+	WaitTimeout         time.Duration
 	// BodyTimeout: a request body must arrive whole within it (408 otherwise).
 	BodyTimeout time.Duration
 	// UploadMemory bounds the upload bodies held at once, ValidateMemory the estimated decode memory of

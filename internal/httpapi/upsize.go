@@ -139,42 +139,39 @@ func backpressure(c *gin.Context, d *Deps, userID int64) bool {
 		unavailable(c, errcode.QueueUnavailable, err)
 		return false
 	}
-	switch e := policy.Backpressure(open, d.Registry.MaxOpen(), backlog, d.Limits.QueueMaxBacklog); e {
-	case nil:
+	l := d.Limits
+	refusal := policy.Backpressure(open, d.Registry.MaxOpen(), backlog.Tasks, l.QueueMaxBacklog, backlog.Work, l.QueueMaxBacklogWork)
+	if refusal == nil {
 		return true
-	default:
-		if e.Code == errcode.TooManyRequests {
-			// Come back when about one of the caller's requests will have finished.
-			c.Header("Retry-After", strconv.Itoa(d.Queue.RetryAfter(ctx, open, d.Registry.MaxOpen()-1)))
-		} else {
-			c.Header("Retry-After", strconv.Itoa(d.Queue.RetryAfter(ctx, backlog, d.Limits.QueueMaxBacklog)))
-		}
-		fail(c, e)
-		return false
 	}
+	wait := policy.Wait(refusal, open, backlog.Tasks, l.QueueMaxBacklog, backlog.Work, l.QueueMaxBacklogWork)
+	c.Header("Retry-After", strconv.Itoa(d.Queue.RetryAfter(ctx, wait)))
+	fail(c, refusal)
+	return false
 }
 
 // admit is rule 14: reserve and record atomically. The id may have been taken since rule 3, and the
 // caller's open requests are counted again, atomically.
 func admit(c *gin.Context, d *Deps, u store.User, ask asked, src store.Image, up policy.Upsize, began time.Time) (queue string, ok bool) {
-	queue = jobs.QueueFor(u.Plan)
+	first, more := jobs.QueuesFor(u.Plan, up.Work)
 	res, err := d.Registry.Admit(c.Request.Context(), cancel.Admission{
 		UserID: u.ID, RequestID: ask.rid, ImageID: src.ID, Scale: up.Scale, Model: up.Model,
-		Cost: up.Cost, Queue: queue, TaskID: jobs.TaskID(u.ID, ask.rid),
+		Cost: up.Cost, Work: up.Work, Queue: first, QueueMore: more, Lane: jobs.Lane, TaskID: jobs.TaskID(u.ID, ask.rid),
 	})
 	switch {
 	case err != nil:
 		unavailable(c, errcode.QueueUnavailable, err)
 	case res.Exists:
 		answerKnown(c, d, res.Request, ask, began)
-	case res.TooMany:
-		max := d.Registry.MaxOpen()
-		c.Header("Retry-After", strconv.Itoa(d.Queue.RetryAfter(c.Request.Context(), max, max-1)))
+	case res.TooMany: // lost the race for the caller's last open place: as rule 13 would have answered
+		backlog, _ := d.Queue.Backlog(c.Request.Context())
+		wait := backlog.Work / time.Duration(max(d.Registry.MaxOpen(), 1))
+		c.Header("Retry-After", strconv.Itoa(d.Queue.RetryAfter(c.Request.Context(), wait)))
 		fail(c, errcode.TooManyRequests.E())
 	case res.NoCredit:
 		fail(c, errcode.NotEnoughCredit.E())
 	default:
-		return queue, true
+		return res.Request.Queue, true
 	}
 	return "", false
 }

@@ -3,6 +3,7 @@ package jobs_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"sync/atomic"
 	"testing"
@@ -50,24 +51,33 @@ func (c *counting) upsize(ctx context.Context, src []byte, w io.Writer, p imageo
 
 func inspector(e *testenv.Env) *asynq.Inspector { return asynq.NewInspectorFromRedisClient(e.RDB) }
 
-// The backlog check and KEDA read asynq's lists by name: they must be the names asynq writes.
+// The backlog check and the metrics read asynq's lists by name: they must be the names asynq writes.
 func TestQueueKeysAreAsynqs(t *testing.T) {
 	c := &counting{hold: make(chan struct{}), started: make(chan struct{}, 1)}
-	e := testenv.New(t, testenv.Options{NoWorker: true, WaitTimeout: 10 * time.Millisecond, Upsize: c.upsize})
+	e := testenv.New(t, testenv.Options{NoWorker: true, Upsize: c.upsize})
 	e.Configure()
-	paid, free := e.NewUser("paid", 10), e.NewUser("free", 10)
-	for _, u := range []testenv.User{paid, free} {
-		id := e.UploadOK(u.Key, testimg.EncodePNG(testimg.Gradient(8, 8)))
-		e.Want(e.Upsize(context.Background(), u.Key, id, "", "k-1"), 202, "")
-	}
+	u := e.NewUser("paid", 100)
+	id := e.UploadOK(u.Key, testimg.EncodePNG(testimg.Gradient(8, 8)))
 	ctx := context.Background()
+	// One admitted request in each queue (the admission would pick the queue; here each is named).
+	for i, q := range jobs.Queues {
+		rid := fmt.Sprintf("k-%d", i)
+		res, err := e.Registry.Admit(ctx, cancel.Admission{UserID: u.ID, RequestID: rid, ImageID: id, Scale: "2x",
+			Model: "lanczos3", Cost: 1, Work: time.Second, Queue: q, TaskID: jobs.TaskID(u.ID, rid)})
+		if err != nil || !res.Admitted {
+			t.Fatalf("admit: %+v %v", res, err)
+		}
+		if err := e.Queue.Enqueue(ctx, q, jobs.Payload{UserID: u.ID, RequestID: rid}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for _, q := range jobs.Queues {
 		if n := e.RDB.LLen(ctx, jobs.PendingKey(q)).Val(); n != 1 {
 			t.Errorf("LLEN %s = %d, want 1", jobs.PendingKey(q), n)
 		}
 	}
-	if n, _ := e.Queue.Backlog(ctx); n != 2 {
-		t.Errorf("Backlog = %d, want 2", n)
+	if n, _ := e.Queue.Backlog(ctx); n.Tasks != int64(len(jobs.Queues)) || n.Work != time.Duration(len(jobs.Queues))*time.Second {
+		t.Errorf("Backlog = %+v, want %d tasks and as many seconds", n, len(jobs.Queues))
 	}
 	e.StartWorker()
 	<-c.started
@@ -81,6 +91,36 @@ func TestQueueKeysAreAsynqs(t *testing.T) {
 		}
 	}
 	close(c.hold)
+}
+
+// Small tasks have a queue per plan; large ones a first and a "more" queue per plan.
+func TestQueuesFor(t *testing.T) {
+	for _, c := range []struct {
+		plan        string
+		work        time.Duration
+		first, more string
+	}{
+		{"paid", 20 * time.Millisecond, jobs.QueuePaidSmall, ""},
+		{"paid", jobs.SmallWork, jobs.QueuePaidSmall, ""},
+		{"paid", jobs.SmallWork + 1, jobs.QueuePaid, jobs.QueuePaidMore},
+		{"free", 20 * time.Millisecond, jobs.QueueFreeSmall, ""},
+		{"free", 10 * time.Second, jobs.QueueFree, jobs.QueueFreeMore},
+	} {
+		if f, m := jobs.QueuesFor(c.plan, c.work); f != c.first || m != c.more {
+			t.Errorf("QueuesFor(%s, %s) = %s, %s; want %s, %s", c.plan, c.work, f, m, c.first, c.more)
+		}
+	}
+	// Every queue is served by the general slots, small ones also by the reserved slot.
+	for _, q := range jobs.Queues {
+		if jobs.QueueWeights[q] == 0 {
+			t.Errorf("%s has no weight", q)
+		}
+	}
+	for q := range jobs.SmallQueueWeights {
+		if q != jobs.QueuePaidSmall && q != jobs.QueueFreeSmall {
+			t.Errorf("the small slot serves %s", q)
+		}
+	}
 }
 
 // A canceled running task stops, frees its slot, is not retried, and leaves nothing behind.
@@ -130,8 +170,8 @@ func TestCanceledQueuedTaskNeverRuns(t *testing.T) {
 	id := e.UploadOK(u.Key, testimg.EncodePNG(testimg.Gradient(16, 16)))
 	e.Want(e.Upsize(context.Background(), u.Key, id, "", "queued-cancel"), 202, "")
 	e.Want(e.Cancel(u.Key, "queued-cancel"), 200, "")
-	if n, _ := e.Queue.Backlog(context.Background()); n != 0 {
-		t.Fatalf("backlog %d after cancel: the task was not removed", n)
+	if n, _ := e.Queue.Backlog(context.Background()); n.Tasks != 0 || n.Work != 0 {
+		t.Fatalf("backlog %+v after cancel: the task was not removed, or its work still counted", n)
 	}
 	e.StartWorker()
 	time.Sleep(300 * time.Millisecond)

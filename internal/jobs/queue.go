@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"math"
+	"strconv"
 	"sync"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"upsize/internal/cancel"
+	"upsize/internal/store"
 )
 
 // MaxRetry is how often a task that failed for a passing reason (Redis, disk) is tried again.
@@ -24,17 +26,19 @@ const TaskTimeout = 10 * time.Minute
 // Queue is the API's side of asynq: enqueue, remove a queued task, measure the backlog.
 type Queue struct {
 	rdb       redis.UniversalClient
+	keys      store.Keys
 	client    *asynq.Client
 	inspector *asynq.Inspector
 
 	mu        sync.Mutex
 	lastAt    time.Time
 	lastDone  int64
-	drainRate float64 // tasks per second, smoothed
+	drainRate float64 // seconds of estimated work completed per second, smoothed
 }
 
-func NewQueue(rdb redis.UniversalClient) *Queue {
-	return &Queue{rdb: rdb, client: asynq.NewClientFromRedisClient(rdb), inspector: asynq.NewInspectorFromRedisClient(rdb)}
+// NewQueue makes the API's queue; keys name the registry's work counters.
+func NewQueue(rdb redis.UniversalClient, keys store.Keys) *Queue {
+	return &Queue{rdb: rdb, keys: keys, client: asynq.NewClientFromRedisClient(rdb), inspector: asynq.NewInspectorFromRedisClient(rdb)}
 }
 
 // Enqueue adds the request's task. Enqueuing a task that already exists is not an error.
@@ -58,39 +62,55 @@ func (q *Queue) Remove(_ context.Context, queue, taskID string) error {
 	return err
 }
 
-// Backlog is the number of tasks waiting for a worker, over every queue.
-func (q *Queue) Backlog(ctx context.Context) (pending int64, err error) {
+// Backlog is what waits for the workers: the tasks not started yet, and the estimated work of every
+// queued or running request (from the registry's per-queue counters).
+type Backlog struct {
+	Tasks int64
+	Work  time.Duration
+}
+
+// Backlog reads the backlog over every queue.
+func (q *Queue) Backlog(ctx context.Context) (Backlog, error) {
+	var work *redis.MapStringStringCmd
 	cmds, err := q.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, name := range Queues {
 			p.LLen(ctx, PendingKey(name))
 		}
+		work = p.HGetAll(ctx, q.keys.Work())
 		return nil
 	})
 	if err != nil {
-		return 0, err
+		return Backlog{}, err
 	}
-	for _, c := range cmds {
-		pending += c.(*redis.IntCmd).Val()
+	var b Backlog
+	for _, c := range cmds[:len(Queues)] {
+		b.Tasks += c.(*redis.IntCmd).Val()
 	}
-	return pending, nil
+	for _, v := range work.Val() {
+		if ms, err := strconv.ParseInt(v, 10, 64); err == nil && ms > 0 {
+			b.Work += time.Duration(ms) * time.Millisecond
+		}
+	}
+	return b, nil
 }
 
-// RetryAfter estimates how long until the backlog is back under max, from the rate at which workers
-// have been finishing tasks (asynq's processed counters), in whole seconds between 1 and 300.
-func (q *Queue) RetryAfter(ctx context.Context, backlog, max int64) int {
-	return retryAfter(backlog-max+1, q.measureDrain(ctx))
+// RetryAfter estimates, in whole seconds between 1 and 300, how long the workers take to get through
+// work, from the rate at which they have been completing estimated work lately (30 while nothing has
+// been measured yet).
+func (q *Queue) RetryAfter(ctx context.Context, work time.Duration) int {
+	return retryAfter(work, q.measureDrain(ctx))
 }
 
-// retryAfter is how many whole seconds draining excess tasks takes at rate tasks per second: at least 1,
-// at most 300, and 30 while no rate has been measured (no worker finished anything yet).
-func retryAfter(excess int64, rate float64) int {
+// retryAfter is how many whole seconds draining work takes at rate (seconds of estimated work completed
+// per second, about the number of busy slots): at least 1, at most 300, 30 while no rate is known.
+func retryAfter(work time.Duration, rate float64) int {
 	if rate <= 0 {
 		return 30
 	}
-	return int(math.Min(300, math.Max(1, math.Ceil(float64(excess)/rate))))
+	return int(math.Min(300, math.Max(1, math.Ceil(work.Seconds()/rate))))
 }
 
-// measureDrain updates the smoothed drain rate at most once a second.
+// measureDrain updates the smoothed drain rate, in work-seconds per second, at most once a second.
 func (q *Queue) measureDrain(ctx context.Context) float64 {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -98,16 +118,12 @@ func (q *Queue) measureDrain(ctx context.Context) float64 {
 	if now.Sub(q.lastAt) < time.Second {
 		return q.drainRate
 	}
-	var done int64
-	for _, name := range Queues {
-		n, err := q.rdb.Get(ctx, ProcessedKey(name)).Int64()
-		if err != nil && !errors.Is(err, redis.Nil) {
-			return q.drainRate
-		}
-		done += n
+	done, err := q.rdb.Get(ctx, q.keys.WorkDone()).Int64()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return q.drainRate
 	}
 	if !q.lastAt.IsZero() && done >= q.lastDone {
-		r := float64(done-q.lastDone) / now.Sub(q.lastAt).Seconds()
+		r := float64(done-q.lastDone) / 1000 / now.Sub(q.lastAt).Seconds()
 		q.drainRate = 0.7*q.drainRate + 0.3*r
 	}
 	q.lastAt, q.lastDone = now, done

@@ -5,6 +5,8 @@ package metrics
 
 import (
 	"context"
+	"errors"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -29,9 +31,19 @@ type API struct {
 	CancelToAnswer prometheus.Histogram
 }
 
-// NewAPI registers the API's metrics, the backlog of the queues (read from Redis at scrape time: a few
-// LLENs, not asynq's Lua inspector), whether Redis answers, and the Redis pool's statistics.
-func NewAPI(reg prometheus.Registerer, rdb redis.UniversalClient, queues []string, pendingKey, activeKey func(string) string) *API {
+// Backlog names what the API reads of the backlog at scrape time: the queues, asynq's lists of each, and
+// the registry's work counters (a hash queue → ms of queued and running work; a counter of completed ms).
+type Backlog struct {
+	Queues               []string
+	PendingKey           func(string) string
+	ActiveKey            func(string) string
+	WorkKey, WorkDoneKey string
+}
+
+// NewAPI registers the API's metrics, the backlog of the queues in tasks and in estimated work (read
+// from Redis at scrape time: a few LLENs and an HGETALL, not asynq's Lua inspector), whether Redis
+// answers, and the Redis pool's statistics.
+func NewAPI(reg prometheus.Registerer, rdb redis.UniversalClient, b Backlog) *API {
 	m := &API{
 		HTTPDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: ns, Name: "http_request_duration_seconds",
@@ -56,7 +68,7 @@ func NewAPI(reg prometheus.Registerer, rdb redis.UniversalClient, queues []strin
 		}),
 	}
 	reg.MustRegister(m.HTTPDuration, m.HTTPInFlight, m.Outcomes, m.Cancels, m.CancelToAnswer,
-		&backlogCollector{rdb: rdb, queues: queues, pending: pendingKey, active: activeKey}, NewPoolCollector(rdb))
+		&backlogCollector{rdb: rdb, b: b}, NewPoolCollector(rdb))
 	return m
 }
 
@@ -65,36 +77,52 @@ func NewAPI(reg prometheus.Registerer, rdb redis.UniversalClient, queues []strin
 // says so in upsize_redis_up instead of failing the scrape, so every other series stays visible during
 // an outage.
 type backlogCollector struct {
-	rdb             redis.UniversalClient
-	queues          []string
-	pending, active func(string) string
+	rdb redis.UniversalClient
+	b   Backlog
 }
 
-var backlogDesc = prometheus.NewDesc(ns+"_queue_tasks", "Tasks in each asynq queue, by state (pending: waiting for a worker; active: running).", []string{"queue", "state"}, nil)
+var (
+	backlogDesc = prometheus.NewDesc(ns+"_queue_tasks", "Tasks in each asynq queue, by state (pending: waiting for a worker; active: running).", []string{"queue", "state"}, nil)
+	workDesc    = prometheus.NewDesc(ns+"_backlog_work_seconds", "Estimated worker time of the queued and running requests of each queue (policy.WorkModel): what the workers have ahead.", []string{"queue"}, nil)
+	doneDesc    = prometheus.NewDesc(ns+"_work_done_seconds_total", "Estimated worker time of the requests completed, all workers together: its rate is the drain rate in work.", nil, nil)
+)
 
 func (c *backlogCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- backlogDesc
+	ch <- workDesc
+	ch <- doneDesc
 	ch <- redisUpDesc
 }
 
 func (c *backlogCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
+	var work *redis.MapStringStringCmd
+	var done *redis.StringCmd
 	cmds, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for _, q := range c.queues {
-			p.LLen(ctx, c.pending(q))
-			p.LLen(ctx, c.active(q))
+		for _, q := range c.b.Queues {
+			p.LLen(ctx, c.b.PendingKey(q))
+			p.LLen(ctx, c.b.ActiveKey(q))
 		}
+		work = p.HGetAll(ctx, c.b.WorkKey)
+		done = p.Get(ctx, c.b.WorkDoneKey)
 		return nil
 	})
+	if errors.Is(err, redis.Nil) { // no work completed yet: the counter does not exist
+		err = nil
+	}
 	ch <- redisUp(err)
 	if err != nil {
 		return
 	}
-	for i, q := range c.queues {
+	for i, q := range c.b.Queues {
 		ch <- prometheus.MustNewConstMetric(backlogDesc, prometheus.GaugeValue, float64(cmds[2*i].(*redis.IntCmd).Val()), q, "pending")
 		ch <- prometheus.MustNewConstMetric(backlogDesc, prometheus.GaugeValue, float64(cmds[2*i+1].(*redis.IntCmd).Val()), q, "active")
+		ms, _ := strconv.ParseFloat(work.Val()[q], 64) // only known queues: the label stays a fixed set
+		ch <- prometheus.MustNewConstMetric(workDesc, prometheus.GaugeValue, max(ms, 0)/1000, q)
 	}
+	doneMS, _ := strconv.ParseFloat(done.Val(), 64)
+	ch <- prometheus.MustNewConstMetric(doneDesc, prometheus.CounterValue, doneMS/1000)
 }
 
 var redisUpDesc = prometheus.NewDesc(ns+"_redis_up", "1 when this process's last command to Redis at scrape time succeeded, 0 when it failed.", nil, nil)

@@ -37,7 +37,7 @@ func TestRedisDownDoesNotFailTheScrape(t *testing.T) {
 	pending := func(q string) string { return "p:" + q }
 
 	api := prometheus.NewRegistry()
-	m := NewAPI(api, dead, []string{"q"}, pending, pending)
+	m := NewAPI(api, dead, Backlog{Queues: []string{"q"}, PendingKey: pending, ActiveKey: pending, WorkKey: "w", WorkDoneKey: "d"})
 	m.HTTPInFlight.Set(3)
 	if v, ok := gauge(t, api, "upsize_redis_up"); !ok || v != 0 {
 		t.Fatalf("API upsize_redis_up = %v (present %v), want 0", v, ok)

@@ -6,6 +6,7 @@ package policy
 
 import (
 	"strconv"
+	"time"
 
 	"upsize/internal/errcode"
 	"upsize/internal/imageops"
@@ -33,12 +34,14 @@ type Limits struct {
 	MaxInputPixels, MaxOutputPixels int64
 }
 
-// Upsize is an upsize that passed rules 5 to 12: what it runs and what it costs.
+// Upsize is an upsize that passed rules 5 to 12: what it runs, what it costs in credits, and how long
+// it is estimated to keep a worker busy.
 type Upsize struct {
 	Scale  string
 	Factor int
 	Model  string
 	Cost   int64
+	Work   time.Duration
 }
 
 // Check applies rules 5 to 12 in SPEC's order. scale is the asked scale and scaleOK whether the body
@@ -76,17 +79,37 @@ func Check(u store.User, src store.Image, scale string, scaleOK bool, s store.Se
 		longer > imageops.Format(src.Format).MaxSide() {
 		return Upsize{}, errcode.ImageTooLarge.E()
 	}
-	return Upsize{Scale: scale, Factor: factor, Model: s.Model, Cost: cost}, nil
+	work := DefaultWork.Estimate(src.Format, src.Pixels()*int64(factor*factor))
+	return Upsize{Scale: scale, Factor: factor, Model: s.Model, Cost: cost, Work: work}, nil
 }
 
 // Backpressure is rule 13: the caller's own queued and running requests first (open of maxOpen, 0 for
-// no limit), then the queue's backlog. Admission checks the first again atomically.
-func Backpressure(open, maxOpen, backlog, maxBacklog int64) *errcode.Error {
+// no limit), then the queue's backlog in tasks (over maxTasks) or in estimated work (over maxWork, 0 for
+// no limit). Admission checks the first again atomically.
+func Backpressure(open, maxOpen, tasks, maxTasks int64, work, maxWork time.Duration) *errcode.Error {
 	switch {
 	case maxOpen > 0 && open >= maxOpen:
 		return errcode.TooManyRequests.E()
-	case backlog > maxBacklog:
+	case tasks > maxTasks, maxWork > 0 && work > maxWork:
 		return errcode.QueueFull.E()
 	}
 	return nil
+}
+
+// Wait is how much of the backlog's work must drain before a request refused by Backpressure may
+// succeed; Retry-After is that divided by the measured drain rate. Too many of the caller's own: about
+// one of them done, with the workers shared among the open requests (work / open). Queue full: the work
+// over the bound (in tasks, the share of the work they stand for).
+func Wait(refusal *errcode.Error, open, tasks, maxTasks int64, work, maxWork time.Duration) time.Duration {
+	switch {
+	case refusal == nil:
+		return 0
+	case refusal.Code == errcode.TooManyRequests:
+		return work / time.Duration(max(open, 1))
+	case maxWork > 0 && work > maxWork:
+		return work - maxWork
+	case tasks > 0:
+		return time.Duration(float64(work) * float64(tasks-maxTasks) / float64(tasks))
+	}
+	return 0
 }

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"testing"
+	"time"
 
 	"upsize/internal/errcode"
 	"upsize/internal/store"
@@ -85,18 +86,22 @@ func TestStatusesAreTheContracts(t *testing.T) {
 }
 
 func TestBackpressure(t *testing.T) {
+	const h = time.Hour
 	for _, c := range []struct {
-		open, maxOpen, backlog, maxBacklog int64
-		want                               string
+		open, maxOpen, tasks, maxTasks int64
+		work, maxWork                  time.Duration
+		want                           string
 	}{
-		{0, 100, 0, 10, ""},
-		{99, 100, 10, 10, ""},
-		{100, 100, 0, 10, "too_many_requests"},
-		{100, 100, 11, 10, "too_many_requests"}, // the user's own bound answers first
-		{5, 0, 11, 10, "queue_full"},            // no per-user bound
-		{1000, 0, 0, 10, ""},
+		{0, 100, 0, 10, 0, h, ""},
+		{99, 100, 10, 10, h, h, ""},
+		{100, 100, 0, 10, 0, h, "too_many_requests"},
+		{100, 100, 11, 10, 2 * h, h, "too_many_requests"}, // the user's own bound answers first
+		{5, 0, 11, 10, 0, h, "queue_full"},                // no per-user bound; too many tasks
+		{5, 0, 3, 10, h + time.Second, h, "queue_full"},   // few tasks, too much work
+		{5, 0, 3, 10, 10 * h, 0, ""},                      // no work bound
+		{1000, 0, 0, 10, 0, h, ""},
 	} {
-		e := Backpressure(c.open, c.maxOpen, c.backlog, c.maxBacklog)
+		e := Backpressure(c.open, c.maxOpen, c.tasks, c.maxTasks, c.work, c.maxWork)
 		if (e == nil) != (c.want == "") || (e != nil && e.Data != c.want) {
 			t.Errorf("%+v: got %v", c, e)
 		}
@@ -122,5 +127,25 @@ func TestWorkGrowsWithPixelsAndFormat(t *testing.T) {
 	}
 	if m.Estimate("tiff", 1_000_000) < m.Estimate("webp", 1_000_000) {
 		t.Fatal("an unknown format must cost as the dearest")
+	}
+}
+
+func TestWait(t *testing.T) {
+	const m = time.Minute
+	too, full := errcode.TooManyRequests.E(), errcode.QueueFull.E()
+	for _, c := range []struct {
+		refusal               *errcode.Error
+		open, tasks, maxTasks int64
+		work, maxWork         time.Duration
+		want                  time.Duration
+	}{
+		{nil, 0, 0, 10, m, m, 0},
+		{too, 4, 50, 100, 8 * m, 0, 2 * m},         // a quarter of the work: about one of four done
+		{full, 0, 50, 100, 90 * m, 60 * m, 30 * m}, // the work over its bound
+		{full, 0, 120, 100, 60 * m, 0, 10 * m},     // 20 tasks over of 120: a sixth of the work
+	} {
+		if got := Wait(c.refusal, c.open, c.tasks, c.maxTasks, c.work, c.maxWork); got != c.want {
+			t.Errorf("%+v: %s, want %s", c, got, c.want)
+		}
 	}
 }

@@ -16,7 +16,8 @@ import "strconv"
 //	settings             hash     store: model, cost:2x, cost:4x, cost:8x
 //	seq:user, seq:image  counter  store; cancel's `admit` takes a result's image id from seq:image
 //	req:{user}:{rid}     hash     cancel only (internal/cancel/scripts.go lists the fields)
-//	open:{user}          hash     cancel only: request id → reserved cost of each queued or running request
+//	open:{user}          hash     cancel only: request id → "cost|work|queue" of each queued or running request
+//	work, work:done      hash, counter  cancel only: each queue's estimated work, work completed
 //	tombs:{user}         zset     cancel only: the user's tombstones, to bound them
 //	unenqueued           zset     cancel (admit adds, Enqueued removes); read by jobs' sweeper
 //	events, cancels      pub/sub  cancel's scripts publish; cancel.Hub and cancel.Inflight listen
@@ -60,3 +61,9 @@ func (k Keys) Open(userID int64) string { return k.Prefix + "open:" + strconv.Fo
 func (k Keys) Tombstones(userID int64) string {
 	return k.Prefix + "tombs:" + strconv.FormatInt(userID, 10)
 }
+
+// Work is a hash of each queue's estimated work (ms) of its queued and running requests.
+func (k Keys) Work() string { return k.Prefix + "work" }
+
+// WorkDone counts the estimated work (ms) of the requests completed: its rate is the drain rate in work.
+func (k Keys) WorkDone() string { return k.Prefix + "work:done" }
