@@ -41,6 +41,7 @@ func NewAPI(b *Base) *API {
 			QueueMaxBacklog: cfg.QueueMaxBacklog, QueueMaxBacklogWork: cfg.QueueMaxBacklogWork, WaitTimeout: cfg.UpsizeWaitTimeout,
 			BodyTimeout: cfg.BodyTimeout, UploadMemory: cfg.UploadMemory, ValidateMemory: cfg.ValidateMemory,
 			ValidateTimeout: cfg.ValidateTimeout, GateWait: cfg.UploadWait, FileRedirect: cfg.BlobRedirect,
+			EventHeartbeat: cfg.EventHeartbeat,
 		},
 		AdminToken:     cfg.AdminToken,
 		Ready:          a.ready,

@@ -48,6 +48,7 @@ type Request struct {
 	ResultID  int64         // id the result image gets when it completes
 	Queue     string
 	TaskID    string
+	Callback  string // completion callback URL, or ""
 	ErrCode   int    // failed only
 	ErrData   string // failed only
 	Attempts  int
@@ -201,7 +202,7 @@ func fromHash(userID int64, requestID string, m map[string]string) Request {
 	return Request{
 		UserID: userID, ID: requestID, State: State(m["state"]), Tombstone: m["tombstone"] == "1",
 		ImageID: i64("image"), Scale: m["scale"], Model: m["model"], Cost: i64("cost"), Work: time.Duration(i64("work")) * time.Millisecond, ResultID: i64("result"),
-		Queue: m["queue"], TaskID: m["task"], ErrCode: int(i64("code")), ErrData: m["data"], Attempts: int(i64("attempts")),
+		Queue: m["queue"], TaskID: m["task"], Callback: m["callback"], ErrCode: int(i64("code")), ErrData: m["data"], Attempts: int(i64("attempts")),
 		Created: ms("created"), Started: ms("started"), Finished: ms("finished"),
 	}
 }
@@ -233,6 +234,8 @@ type Admission struct {
 	QueueMore string
 	Lane      int
 	TaskID    string
+	// CallbackURL, when set, is POSTed the request's final state when it ends (package callback).
+	CallbackURL string
 }
 
 // AdmitResult says what Admit did.
@@ -251,7 +254,7 @@ func (r *Registry) Admit(ctx context.Context, a Admission) (AdmitResult, error) 
 	v, err := r.run(ctx, admitScript,
 		[]string{k.Request(a.UserID, a.RequestID), k.User(a.UserID), k.ImageSeq(), k.Unenqueued(), k.Open(a.UserID), k.Work()},
 		a.Cost, r.set.MaxOpen, a.ImageID, a.Scale, a.Model, a.Queue, a.TaskID, nowMS(), signal(a.UserID, a.RequestID),
-		a.RequestID, max(a.Work.Milliseconds(), 1), a.QueueMore, a.Lane).Slice()
+		a.RequestID, max(a.Work.Milliseconds(), 1), a.QueueMore, a.Lane, a.CallbackURL).Slice()
 	if err != nil {
 		return AdmitResult{}, err
 	}
@@ -312,7 +315,7 @@ func (r *Registry) Unenqueued(ctx context.Context, before time.Time, limit int64
 // Start marks the request running. run is false when it must not run: canceled or already finished.
 // ErrNotFound: the request's state is gone (see Lost).
 func (r *Registry) Start(ctx context.Context, userID int64, requestID string) (req Request, run bool, err error) {
-	v, err := startScript.Run(ctx, r.rdb, []string{r.keys.Request(userID, requestID)}, nowMS()).Result()
+	v, err := startScript.Run(ctx, r.rdb, []string{r.keys.Request(userID, requestID)}, nowMS(), r.keys.Events(), signal(userID, requestID)).Result()
 	if err != nil {
 		return Request{}, false, err
 	}
@@ -334,7 +337,7 @@ func (r *Registry) Complete(ctx context.Context, req Request, img store.Image) (
 	k := r.keys
 	args := append([]any{k.Events(), signal(req.UserID, req.ID), nowMS(), r.set.TTL.Milliseconds(), req.ID}, img.Fields()...)
 	st, err := r.run(ctx, completeScript,
-		[]string{k.Request(req.UserID, req.ID), k.Image(img.ID), k.Open(req.UserID), k.Work(), k.WorkDone()}, args...).Text()
+		[]string{k.Request(req.UserID, req.ID), k.Image(img.ID), k.Open(req.UserID), k.Work(), k.WorkDone(), k.Callbacks()}, args...).Text()
 	return State(st), err
 }
 
@@ -342,7 +345,7 @@ func (r *Registry) Complete(ctx context.Context, req Request, img store.Image) (
 // state that had already won.
 func (r *Registry) Fail(ctx context.Context, userID int64, requestID string, code int, data string) (State, error) {
 	k := r.keys
-	st, err := r.run(ctx, failScript, []string{k.Request(userID, requestID), k.User(userID), k.Open(userID), k.Work()},
+	st, err := r.run(ctx, failScript, []string{k.Request(userID, requestID), k.User(userID), k.Open(userID), k.Work(), k.Callbacks()},
 		k.Events(), signal(userID, requestID), nowMS(), code, data, r.set.TTL.Milliseconds(), requestID).Text()
 	return State(st), err
 }
@@ -375,7 +378,7 @@ type CancelResult struct {
 func (r *Registry) Cancel(ctx context.Context, userID int64, requestID string) (CancelResult, error) {
 	k := r.keys
 	v, err := r.run(ctx, cancelScript,
-		[]string{k.Request(userID, requestID), k.User(userID), k.Open(userID), k.Tombstones(userID), k.Work()},
+		[]string{k.Request(userID, requestID), k.User(userID), k.Open(userID), k.Tombstones(userID), k.Work(), k.Callbacks()},
 		k.Events(), k.Cancels(), signal(userID, requestID), nowMS(), r.set.TTL.Milliseconds(), requestID,
 		r.set.MaxTombstones, k.Request(userID, "")).Slice()
 	if err != nil {
@@ -387,4 +390,27 @@ func (r *Registry) Cancel(ctx context.Context, userID int64, requestID string) (
 		was = ""
 	}
 	return CancelResult{State: State(now), Was: State(was), Request: fromHash(userID, requestID, hashResult(v[2]))}, nil
+}
+
+// DueCallbacks lists up to limit requests whose completion callback is due, oldest first.
+func (r *Registry) DueCallbacks(ctx context.Context, limit int64) ([]Request, error) {
+	members, err := r.rdb.ZRange(ctx, r.keys.Callbacks(), 0, limit-1).Result()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Request, 0, len(members))
+	for _, m := range members {
+		uid, rid, ok := parseSignal(m)
+		if !ok {
+			r.rdb.ZRem(ctx, r.keys.Callbacks(), m)
+			continue
+		}
+		out = append(out, Request{UserID: uid, ID: rid})
+	}
+	return out, nil
+}
+
+// CallbackQueued records that a due callback's delivery task exists.
+func (r *Registry) CallbackQueued(ctx context.Context, userID int64, requestID string) error {
+	return r.rdb.ZRem(ctx, r.keys.Callbacks(), signal(userID, requestID)).Err()
 }

@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"runtime"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -60,6 +61,15 @@ type Config struct {
 	UploadWait      time.Duration // how long an upload may wait for its share of memory before 503
 	MaxConnections  int64
 
+	// EventHeartbeat is how often an idle event stream (GET /api/requests/{id}/events) gets a comment
+	// line, so that proxies do not close it.
+	EventHeartbeat time.Duration
+
+	// CallbackAllowedHosts are the hosts (or host:port) completion callbacks may call (CALLBACK_ALLOWED_HOSTS,
+	// comma-separated; empty: callbacks are refused). An IP literal listed here may be private or loopback;
+	// a host name never reaches such an address.
+	CallbackAllowedHosts []string
+
 	// The janitor removes stale partial writes and image bytes without a record, older than JanitorGrace,
 	// every JanitorInterval (one run at a time across replicas).
 	JanitorInterval time.Duration
@@ -111,6 +121,8 @@ func Load(role string, getenv func(string) string) (Config, error) {
 		UploadWait:           r.dur("UPLOAD_WAIT", 5*time.Second),
 		JanitorInterval:      r.dur("JANITOR_INTERVAL", 10*time.Minute),
 		JanitorGrace:         r.dur("JANITOR_GRACE", time.Hour),
+		CallbackAllowedHosts: r.list("CALLBACK_ALLOWED_HOSTS"),
+		EventHeartbeat:       r.dur("EVENT_HEARTBEAT", 15*time.Second),
 		DrainDelay:           r.dur("DRAIN_DELAY", 0),
 		DrainTimeout:         r.dur("DRAIN_TIMEOUT", 25*time.Second),
 		LogLevel:             r.str("LOG_LEVEL", "info"),
@@ -175,6 +187,17 @@ func (r *reader) str(name, def string) string {
 		return v
 	}
 	return def
+}
+
+// list reads a comma-separated list (spaces around items ignored, empty items dropped).
+func (r *reader) list(name string) []string {
+	var out []string
+	for _, v := range strings.Split(r.getenv(name), ",") {
+		if v = strings.TrimSpace(v); v != "" {
+			out = append(out, strings.ToLower(v))
+		}
+	}
+	return out
 }
 
 func (r *reader) int(name string, def, min int64) int64 {

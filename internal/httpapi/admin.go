@@ -310,3 +310,22 @@ func handleGetCosts(s *store.Store) gin.HandlerFunc {
 		c.JSON(http.StatusOK, st.Costs)
 	}
 }
+
+// handleWebhookSecret makes a new callback signing secret for the user and shows it, once.
+func handleWebhookSecret(s *store.Store) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		id, ok := pathUser(c)
+		if !ok {
+			return
+		}
+		secret, err := s.SetWebhookSecret(c.Request.Context(), id)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			fail(c, errcode.NoUser.With(c.Param("id")))
+		case err != nil:
+			unavailable(c, errcode.ServiceUnavailable, err)
+		default:
+			c.JSON(http.StatusCreated, gin.H{"secret": secret})
+		}
+	}
+}

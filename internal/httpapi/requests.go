@@ -7,6 +7,7 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"upsize/internal/cancel"
+	"upsize/internal/dto"
 	"upsize/internal/errcode"
 	"upsize/internal/store"
 )
@@ -29,17 +30,10 @@ func handleGetRequest(s *store.Store, reg *cancel.Registry) gin.HandlerFunc {
 			unavailable(c, errcode.ServiceUnavailable, err)
 			return
 		}
-		body := gin.H{"requestId": rid, "state": req.State}
-		switch req.State {
-		case cancel.Completed:
-			im, err := s.GetImage(ctx, req.ResultID)
-			if err != nil {
-				unavailable(c, errcode.ServiceUnavailable, err)
-				return
-			}
-			body["image"] = toDTO(im)
-		case cancel.Failed:
-			body["error"] = gin.H{"code": req.ErrCode, "data": req.ErrData}
+		body, err := dto.FromRequest(ctx, s, req)
+		if err != nil {
+			unavailable(c, errcode.ServiceUnavailable, err)
+			return
 		}
 		c.JSON(http.StatusOK, body)
 	}

@@ -1,10 +1,9 @@
 package httpapi
 
 import (
-	"fmt"
-
 	"github.com/gin-gonic/gin"
 
+	"upsize/internal/dto"
 	"upsize/internal/errcode"
 	"upsize/internal/store"
 )
@@ -26,36 +25,4 @@ func unavailable(c *gin.Context, code errcode.Code, err error) {
 	fail(c, code.E())
 }
 
-// imageDTO is the seed's EditImageDto.
-type imageDTO struct {
-	ImageID    int64       `json:"imageId"`
-	Resolution string      `json:"resolution"`
-	ScaleSize  string      `json:"scaleSize"`
-	OwnerID    int64       `json:"ownerId"`
-	EditInfo   editInfoDTO `json:"EditInfo"`
-}
-
-// editInfoDTO is the seed's PickTypeClass: all six fields, always present.
-type editInfoDTO struct {
-	OriginalPrompt string `json:"originalPrompt"`
-	Super          string `json:"super"`
-	Main           string `json:"main"`
-	VariationID    int64  `json:"variationId"`
-	GroupID        string `json:"groupId"`
-	BlurReason     string `json:"blurReason"`
-}
-
-func toDTO(im store.Image) imageDTO {
-	return imageDTO{
-		ImageID:    im.ID,
-		Resolution: fmt.Sprintf("%dx%d", im.Width, im.Height),
-		ScaleSize:  im.Scale,
-		OwnerID:    im.OwnerID,
-		EditInfo: editInfoDTO{
-			OriginalPrompt: im.OriginalPrompt, Super: im.Super, Main: im.Main,
-			VariationID: im.VariationID, GroupID: im.GroupID, BlurReason: im.BlurReason,
-		},
-	}
-}
-
-func imageBody(im store.Image) gin.H { return gin.H{"image": toDTO(im)} }
+func imageBody(im store.Image) dto.ImageBody { return dto.ImageBody{Image: dto.FromImage(im)} }

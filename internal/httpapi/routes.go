@@ -28,6 +28,8 @@ type Queue interface {
 	Backlog(ctx context.Context) (jobs.Backlog, error)
 	// RetryAfter is how many seconds the workers take to get through work, from their measured rate.
 	RetryAfter(ctx context.Context, work time.Duration) int
+	// Position is how many tasks are ahead of a pending one in its queue.
+	Position(ctx context.Context, queue, taskID string) (int64, bool)
 }
 
 // Limits are the configured bounds the API enforces.
@@ -49,6 +51,8 @@ type Limits struct {
 	GateWait time.Duration
 	// FileRedirect > 0 redirects file downloads to presigned URLs of the object store, valid that long.
 	FileRedirect time.Duration
+	// EventHeartbeat is how often an idle event stream gets a comment line (0: 15s).
+	EventHeartbeat time.Duration
 }
 
 // Deps is everything the handlers use.
@@ -100,12 +104,14 @@ func addRoutes(r *gin.Engine, d *Deps) {
 	api.HEAD("/images/:id/file", handleGetFile(d.Store, d.Blobs, d.Limits.FileRedirect))
 	api.POST("/images/:id/upsize", handleUpsize(d))
 	api.GET("/requests/:requestId", handleGetRequest(d.Store, d.Registry))
+	api.GET("/requests/:requestId/events", handleEvents(d))
 
 	admin := r.Group("/admin", adminAuth(d.AdminToken))
 	admin.POST("/users", handleCreateUser(d.Store))
 	admin.GET("/users/:id", handleGetUser(d.Store))
 	admin.PATCH("/users/:id", handlePatchUser(d.Store))
 	admin.POST("/users/:id/api-keys", handleCreateAPIKey(d.Store))
+	admin.POST("/users/:id/webhook-secret", handleWebhookSecret(d.Store))
 	admin.POST("/images", handleUpload(d, g, true))
 	admin.GET("/models/upsize", handleGetModel(d.Store))
 	admin.PUT("/models/upsize", handleSetModel(d.Store))

@@ -62,6 +62,22 @@ func (q *Queue) Remove(_ context.Context, queue, taskID string) error {
 	return err
 }
 
+// Position is how many tasks are ahead of a pending task in its queue (asynq pushes new tasks at the
+// head of the list and takes them from its tail); ok is false when the task is not pending there.
+func (q *Queue) Position(ctx context.Context, queue, taskID string) (ahead int64, ok bool) {
+	var pos *redis.IntCmd
+	var n *redis.IntCmd
+	_, err := q.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		pos = p.LPos(ctx, PendingKey(queue), taskID, redis.LPosArgs{})
+		n = p.LLen(ctx, PendingKey(queue))
+		return nil
+	})
+	if err != nil || pos.Err() != nil {
+		return 0, false
+	}
+	return max(0, n.Val()-1-pos.Val()), true
+}
+
 // Backlog is what waits for the workers: the tasks not started yet, and the estimated work of every
 // queued or running request (from the registry's per-queue counters).
 type Backlog struct {

@@ -8,7 +8,7 @@ import "strconv"
 // Every key, and which package writes which of its fields (readers are many; writers are these only):
 //
 //	key                  type     written by
-//	user:{id}            hash     store: plan, premium, billing, credits (admin); cancel's scripts: credits
+//	user:{id}            hash     store: plan, premium, billing, credits, webhook_secret (admin); cancel's scripts: credits
 //	                              (reserve, refund), nothing else
 //	apikey:{sha256}      hash     store: user, expires
 //	image:{id}           hash     store: every field of an upload (PutImage); cancel's `complete` script:
@@ -18,6 +18,8 @@ import "strconv"
 //	req:{user}:{rid}     hash     cancel only (internal/cancel/scripts.go lists the fields)
 //	open:{user}          hash     cancel only: request id → "cost|work|queue" of each queued or running request
 //	work, work:done      hash, counter  cancel only: each queue's estimated work, work completed
+//	callbacks            zset     cancel's scripts add a request whose callback is due; package callback
+//	                              removes it once its delivery task is enqueued
 //	tombs:{user}         zset     cancel only: the user's tombstones, to bound them
 //	unenqueued           zset     cancel (admit adds, Enqueued removes); read by jobs' sweeper
 //	events, cancels      pub/sub  cancel's scripts publish; cancel.Hub and cancel.Inflight listen
@@ -67,3 +69,6 @@ func (k Keys) Work() string { return k.Prefix + "work" }
 
 // WorkDone counts the estimated work (ms) of the requests completed: its rate is the drain rate in work.
 func (k Keys) WorkDone() string { return k.Prefix + "work:done" }
+
+// Callbacks is a sorted set of the requests whose completion callback is due ("user:rid" → time).
+func (k Keys) Callbacks() string { return k.Prefix + "callbacks" }

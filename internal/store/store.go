@@ -118,6 +118,34 @@ func (s *Store) GetUser(ctx context.Context, id int64) (User, error) {
 	return User{ID: id, Plan: m["plan"], Premium: m["premium"] == "true", Billing: m["billing"], Credits: credits}, nil
 }
 
+// SetWebhookSecret makes a new secret for signing the user's completion callbacks (HMAC-SHA256) and
+// returns it; the old one stops being used at once. ErrNotFound: no such user.
+func (s *Store) SetWebhookSecret(ctx context.Context, userID int64) (string, error) {
+	var raw [32]byte
+	if _, err := rand.Read(raw[:]); err != nil {
+		return "", err
+	}
+	secret := "whsec_" + base64.RawURLEncoding.EncodeToString(raw[:])
+	// Kept as is, not hashed: signing needs it. Only the worker that signs reads it.
+	ok, err := patchUser.Run(ctx, s.rdb, []string{s.keys.User(userID)}, "webhook_secret", secret).Int()
+	if err != nil {
+		return "", err
+	}
+	if ok == 0 {
+		return "", ErrNotFound
+	}
+	return secret, nil
+}
+
+// WebhookSecret is the user's callback signing secret, or "" when none was made.
+func (s *Store) WebhookSecret(ctx context.Context, userID int64) (string, error) {
+	v, err := s.rdb.HGet(ctx, s.keys.User(userID), "webhook_secret").Result()
+	if errors.Is(err, redis.Nil) {
+		return "", nil
+	}
+	return v, err
+}
+
 // ---------- API keys ----------
 
 // APIKey is a newly made key; the plain key is returned once and only its hash is stored.

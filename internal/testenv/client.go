@@ -25,6 +25,7 @@ func init() {
 	for _, ct := range []string{"image/png", "image/jpeg", "image/webp"} {
 		openapi3filter.RegisterBodyDecoder(ct, openapi3filter.FileBodyDecoder)
 	}
+	openapi3filter.RegisterBodyDecoder("text/event-stream", openapi3filter.PlainBodyDecoder)
 }
 
 // validatingTransport checks every response against the service's own OpenAPI document: its status

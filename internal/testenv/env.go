@@ -49,6 +49,7 @@ type Options struct {
 	GateWait         time.Duration         // default 5s
 	FileRedirect     time.Duration         // BLOB_REDIRECT_TTL (default off)
 	BlobURL          string                // default BlobURL(t)
+	EventHeartbeat   time.Duration         // default 15s
 }
 
 // Env is a whole service in one process on a Redis database of its own, wired by package app as the
@@ -109,6 +110,7 @@ func (o Options) config(t testing.TB, rdb *redis.Client, blobURL string) config.
 	set("VALIDATE_TIMEOUT", o.ValidateTimeout, o.ValidateTimeout == 0)
 	set("UPLOAD_WAIT", o.GateWait, o.GateWait == 0)
 	set("BLOB_REDIRECT_TTL", o.FileRedirect, o.FileRedirect == 0)
+	set("EVENT_HEARTBEAT", o.EventHeartbeat, o.EventHeartbeat == 0)
 	if o.UploadMemory != 0 && o.UploadMemory < 32<<20 {
 		env["MAX_UPLOAD_BYTES"] = fmt.Sprint(o.UploadMemory)
 	}
