@@ -8,6 +8,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hibiken/asynqmon"
+	"github.com/redis/go-redis/v9"
+
 	"upsize/internal/cancel"
 	"upsize/internal/httpapi"
 	"upsize/internal/jobs"
@@ -43,9 +46,12 @@ func NewAPI(b *Base) *API {
 			ValidateTimeout: cfg.ValidateTimeout, GateWait: cfg.UploadWait, FileRedirect: cfg.BlobRedirect,
 			EventHeartbeat: cfg.EventHeartbeat,
 		},
-		AdminToken:     cfg.AdminToken,
-		Ready:          a.ready,
-		StopWaiting:    a.stopWaiting,
+		AdminToken:  cfg.AdminToken,
+		Ready:       a.ready,
+		StopWaiting: a.stopWaiting,
+		QueuesUI: asynqmon.New(asynqmon.Options{
+			RootPath: "/admin/queues", RedisConnOpt: sharedClient{b.Redis}, ReadOnly: cfg.QueuesUIReadOnly,
+		}),
 		MetricsHandler: obs.Handler(b.Metrics, b.Log),
 		Measure: metrics.NewAPI(b.Metrics, b.Redis, metrics.Backlog{
 			Queues: jobs.Queues, PendingKey: jobs.PendingKey, ActiveKey: jobs.ActiveKey,
@@ -54,6 +60,12 @@ func NewAPI(b *Base) *API {
 	})
 	return a
 }
+
+// sharedClient gives asynqmon the process's Redis client (asynq.RedisConnOpt). asynqmon's Close would
+// close it: it is never called.
+type sharedClient struct{ rdb redis.UniversalClient }
+
+func (s sharedClient) MakeRedisClient() any { return s.rdb }
 
 // sweepEvery and sweepAfter: an API that dies between reserving credits and enqueuing leaves a request
 // behind; any API finds it after sweepAfter.

@@ -61,6 +61,9 @@ type Config struct {
 	UploadWait      time.Duration // how long an upload may wait for its share of memory before 503
 	MaxConnections  int64
 
+	// QueuesUIReadOnly keeps asynqmon (/admin/queues) to viewing (QUEUES_UI_READONLY, default true).
+	QueuesUIReadOnly bool
+
 	// EventHeartbeat is how often an idle event stream (GET /api/requests/{id}/events) gets a comment
 	// line, so that proxies do not close it.
 	EventHeartbeat time.Duration
@@ -123,6 +126,7 @@ func Load(role string, getenv func(string) string) (Config, error) {
 		JanitorGrace:         r.dur("JANITOR_GRACE", time.Hour),
 		CallbackAllowedHosts: r.list("CALLBACK_ALLOWED_HOSTS"),
 		EventHeartbeat:       r.dur("EVENT_HEARTBEAT", 15*time.Second),
+		QueuesUIReadOnly:     r.bool("QUEUES_UI_READONLY", true),
 		DrainDelay:           r.dur("DRAIN_DELAY", 0),
 		DrainTimeout:         r.dur("DRAIN_TIMEOUT", 25*time.Second),
 		LogLevel:             r.str("LOG_LEVEL", "info"),
@@ -187,6 +191,19 @@ func (r *reader) str(name, def string) string {
 		return v
 	}
 	return def
+}
+
+func (r *reader) bool(name string, def bool) bool {
+	v := r.getenv(name)
+	if v == "" {
+		return def
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		r.fail(fmt.Errorf("%s=%q: want true or false", name, v))
+		return def
+	}
+	return b
 }
 
 // list reads a comma-separated list (spaces around items ignored, empty items dropped).

@@ -458,3 +458,46 @@ func TestFileRedirectToPresignedURL(t *testing.T) {
 	other := e.NewUser("paid", 0)
 	e.Want(e.Do(testenv.Req{Method: "GET", Path: path, Key: other.Key}), 404, fmt.Sprintf("no_input_image (%d)", id))
 }
+
+// The operators' view of the queues (asynqmon) is behind the admin token, as a bearer token or a Basic
+// password for browsers, and read-only by default.
+func TestQueuesUIIsAdminOnlyAndReadOnly(t *testing.T) {
+	e := testenv.New(t, testenv.Options{NoWorker: true})
+	get := func(path string, set func(*http.Request)) *http.Response {
+		req, _ := http.NewRequest("GET", e.Server.URL+path, nil)
+		if set != nil {
+			set(req)
+		}
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		return res
+	}
+	if r := get("/admin/queues/", nil); r.StatusCode != 401 || !strings.HasPrefix(r.Header.Get("WWW-Authenticate"), "Basic") {
+		t.Fatalf("no token: HTTP %d, WWW-Authenticate %q", r.StatusCode, r.Header.Get("WWW-Authenticate"))
+	}
+	if r := get("/admin/queues/", func(q *http.Request) { q.SetBasicAuth("ops", "wrong") }); r.StatusCode != 401 {
+		t.Fatalf("wrong password: HTTP %d", r.StatusCode)
+	}
+	if r := get("/admin/queues/", func(q *http.Request) { q.SetBasicAuth("ops", e.AdminToken) }); r.StatusCode != 200 ||
+		!strings.HasPrefix(r.Header.Get("Content-Type"), "text/html") {
+		t.Fatalf("Basic with the admin token: HTTP %d %s", r.StatusCode, r.Header.Get("Content-Type"))
+	}
+	bearer := func(q *http.Request) { q.Header.Set("Authorization", "Bearer "+e.AdminToken) }
+	if r := get("/admin/queues/api/queues", bearer); r.StatusCode != 200 {
+		t.Fatalf("queues as JSON: HTTP %d", r.StatusCode)
+	}
+	req, _ := http.NewRequest("DELETE", e.Server.URL+"/admin/queues/api/queues/upsize_paid", nil)
+	bearer(req)
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode < 400 {
+		t.Fatalf("read-only: deleting a queue answered %d", res.StatusCode)
+	}
+}

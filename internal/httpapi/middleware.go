@@ -107,6 +107,20 @@ func adminAuth(token string) gin.HandlerFunc {
 	}
 }
 
+// adminAuthOrBasic is adminAuth that also takes the admin token as the password of HTTP Basic
+// authentication (any user name), and asks a browser for it: asynqmon is a web page.
+func adminAuthOrBasic(token string) gin.HandlerFunc {
+	bearer := adminAuth(token)
+	return func(c *gin.Context) {
+		if _, pw, ok := c.Request.BasicAuth(); ok && token != "" && subtle.ConstantTimeCompare([]byte(pw), []byte(token)) == 1 {
+			c.Next()
+			return
+		}
+		c.Header("WWW-Authenticate", `Basic realm="upsize admin", charset="UTF-8"`)
+		bearer(c)
+	}
+}
+
 // accessLog writes one line per request. It never logs headers, so API keys and the admin token stay
 // out of the logs.
 func accessLog(log *slog.Logger) gin.HandlerFunc {

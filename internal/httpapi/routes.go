@@ -69,6 +69,9 @@ type Deps struct {
 	Ready func(ctx context.Context) error
 	// StopWaiting is closed when waiting upsizes must answer 202 now (the process is shutting down).
 	StopWaiting <-chan struct{}
+	// QueuesUI is asynqmon, the operators' view of the queues, served under /admin/queues behind the admin
+	// token (nil: not served).
+	QueuesUI http.Handler
 	// MetricsHandler serves /metrics; Measure records the API's metrics (nil: none).
 	MetricsHandler http.Handler
 	Measure        *metrics.API
@@ -119,6 +122,14 @@ func addRoutes(r *gin.Engine, d *Deps) {
 	admin.GET("/credit-costs/upsize", handleGetCosts(d.Store))
 	admin.PUT("/credit-costs/upsize", handleSetCosts(d.Store))
 	admin.DELETE("/credit-costs/upsize", handleDelete(d.Store.DeleteCosts))
+
+	if d.QueuesUI != nil {
+		// A browser cannot add a bearer header: the admin token is also taken as a Basic password here.
+		ui := r.Group("/admin/queues", adminAuthOrBasic(d.AdminToken))
+		for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodDelete} {
+			ui.Handle(m, "/*path", gin.WrapH(d.QueuesUI))
+		}
+	}
 
 	r.NoRoute(func(c *gin.Context) { fail(c, errcode.NotFound.E()) })
 	r.NoMethod(func(c *gin.Context) { fail(c, errcode.MethodNotAllowed.E()) })
