@@ -835,7 +835,7 @@ func checkInClusterRedis(r *rendered) []error {
 	}
 	// The service reaches it by its Service.
 	for _, uc := range append(r.byRole("api"), r.byRole("worker")...) {
-		if err := r.pointsAtRedis(uc.env["REDIS_URL"].value, uc.w.namespace, redisSet, false); err != nil {
+		if err := r.pointsAtRedis(uc.env["REDIS_URL"].value, uc.w.namespace, redisSet); err != nil {
 			errs = append(errs, fmt.Errorf("%s: REDIS_URL: %w", uc.w, err))
 		}
 	}
@@ -871,20 +871,17 @@ func redisBytes(s string) (int64, error) {
 	return strconv.ParseInt(s, 10, 64)
 }
 
-// pointsAtRedis checks that a redis:// URL (or a KEDA host:port, if hostPort) names a Service of the
-// Redis StatefulSet on its port. Clients outside the namespace (KEDA) need the namespaced name.
-func (r *rendered) pointsAtRedis(addr, fromNS string, redis workload, hostPort bool) error {
-	host := addr
-	if !hostPort {
-		u, err := url.Parse(addr)
-		if err != nil {
-			return err
-		}
-		if u.Scheme != "redis" && u.Scheme != "rediss" {
-			return fmt.Errorf("%q: want redis:// to the in-cluster Redis", addr)
-		}
-		host = u.Host
+// pointsAtRedis checks that a redis:// URL names a Service of the Redis StatefulSet on its port. Clients
+// outside the namespace would need the namespaced name.
+func (r *rendered) pointsAtRedis(addr, fromNS string, redis workload) error {
+	u, err := url.Parse(addr)
+	if err != nil {
+		return err
 	}
+	if u.Scheme != "redis" && u.Scheme != "rediss" {
+		return fmt.Errorf("%q: want redis:// to the in-cluster Redis", addr)
+	}
+	host := u.Host
 	h, p, err := netSplit(host)
 	if err != nil {
 		return err

@@ -7,11 +7,13 @@ import (
 	"strings"
 	"testing"
 
+	kedav1alpha1 "github.com/kedacore/keda/v2/apis/keda/v1alpha1"
 	monv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 )
@@ -366,48 +368,77 @@ var mutations = []mutation{
 		r.statefulSets = mustLoad("single-node").statefulSets
 	}, checkInClusterRedis, "a Redis runs in the cluster"},
 
-	{"a queue list missing", "production", func(r *rendered) {
-		r.scaledObjects[0].Spec.Triggers = r.scaledObjects[0].Spec.Triggers[:3]
-	}, checkScaledObjects, "want the asynq keys"},
-	{"list name misspelt", "single-node", func(r *rendered) {
-		r.scaledObjects[0].Spec.Triggers[1].Metadata["listName"] = "asynq:upsize_paid:active"
-	}, checkScaledObjects, "want the asynq keys"},
-	{"backlog as a maximum", "production", func(r *rendered) {
-		r.scaledObjects[0].Spec.Advanced.ScalingModifiers.Formula = "max(paid_pending, paid_active) + free_pending + free_active"
-	}, checkScaledObjects, "want their sum"},
-	{"backlog without formula", "production", func(r *rendered) {
-		r.scaledObjects[0].Spec.Advanced = nil
-	}, checkScaledObjects, "no scalingModifiers formula"},
-	{"formula names a missing trigger", "production", func(r *rendered) {
-		r.scaledObjects[0].Spec.Triggers[3].Name = "free_running"
-	}, checkScaledObjects, "formula"},
 	{"scale to zero", "production", func(r *rendered) {
 		r.scaledObjects[0].Spec.MinReplicaCount = ptr.To(int32(0))
 	}, checkScaledObjects, "minReplicaCount must be at least 1"},
-	{"connection in trigger metadata", "single-node", func(r *rendered) {
-		r.scaledObjects[0].Spec.Triggers[0].Metadata["address"] = "redis:6379"
-	}, checkScaledObjects, "metadata address is not a Redis list-length setting"},
+	{"idle workers scaled to zero", "production", func(r *rendered) {
+		r.scaledObjects[0].Spec.IdleReplicaCount = ptr.To(int32(0))
+	}, checkScaledObjects, "idleReplicaCount would scale workers to zero"},
+	{"query on a metric that does not exist", "production", func(r *rendered) {
+		setQuery(r, strings.Replace(query(r), "upsize_backlog_work_seconds", "upsize_backlog_seconds", 1))
+	}, checkScaledObjects, "upsize_backlog_seconds is not a metric of internal/metrics"},
+	{"query that does not parse", "single-node", func(r *rendered) {
+		setQuery(r, strings.TrimSuffix(query(r), ")"))
+	}, checkScaledObjects, "unclosed left parenthesis"},
+	{"query on the workers' job", "production", func(r *rendered) {
+		setQuery(r, strings.Replace(query(r), `job="upsize-api"`, `job="upsize-worker"`, 1))
+	}, checkScaledObjects, `want job= one of ["upsize-api"]`},
+	{"query counts each API replica", "production", func(r *rendered) {
+		setQuery(r, strings.Replace(query(r), "sum(max by (queue) (", "sum(sum by (queue) (", 1))
+	}, checkScaledObjects, "would be counted once per replica"},
+	{"query that never comes back empty", "production", func(r *rendered) {
+		setQuery(r, query(r)+" or vector(0)")
+	}, checkScaledObjects, "`or` a constant turns an empty result"},
+	{"query per queue", "production", func(r *rendered) {
+		setQuery(r, strings.Replace(query(r), "sum(max by (queue) (", "max by (queue) ((", 1))
+	}, checkScaledObjects, "may return several series"},
+	{"query of another namespace", "production-sentinel", func(r *rendered) {
+		r.scaledObjects[0].Namespace = "upsize-staging"
+	}, checkScaledObjects, `want namespace="upsize-staging"`},
+	{"the old task-count trigger", "production", func(r *rendered) {
+		r.scaledObjects[0].Spec.Triggers[0].Type = "redis"
+	}, checkScaledObjects, "want one prometheus trigger"},
+	{"trigger setting misspelt", "production", func(r *rendered) {
+		md := r.scaledObjects[0].Spec.Triggers[0].Metadata
+		md["ignoreNullValue"] = md["ignoreNullValues"]
+		delete(md, "ignoreNullValues")
+	}, checkScaledObjects, "metadata ignoreNullValue is not a setting"},
+	{"an empty result read as no backlog", "single-node", func(r *rendered) {
+		r.scaledObjects[0].Spec.Triggers[0].Metadata["ignoreNullValues"] = "true"
+	}, checkScaledObjects, `ignoreNullValues "true"`},
+	{"no fallback", "production", func(r *rendered) {
+		r.scaledObjects[0].Spec.Fallback = nil
+	}, checkScaledObjects, "no fallback"},
+	{"fallback that shrinks a busy fleet", "production", func(r *rendered) {
+		r.scaledObjects[0].Spec.Fallback.Behavior = "static"
+	}, checkScaledObjects, `fallback behavior "static"`},
+	{"fallback above the single node's workers", "single-node", func(r *rendered) {
+		r.scaledObjects[0].Spec.Fallback.Replicas = 5
+	}, checkScaledObjects, "fallback replicas 5 outside"},
+	{"threshold below a worker's own work", "production", func(r *rendered) {
+		r.scaledObjects[0].Spec.Triggers[0].Metadata["threshold"] = "10"
+	}, checkScaledObjects, "a busy worker with nothing queued would start another"},
+	{"threshold past the wait deadline", "single-node", func(r *rendered) {
+		r.scaledObjects[0].Spec.Triggers[0].Metadata["threshold"] = "90"
+	}, checkScaledObjects, "longer than UPSIZE_WAIT_TIMEOUT 1m0s"},
+	{"Prometheus by a short name", "single-node", func(r *rendered) {
+		r.scaledObjects[0].Spec.Triggers[0].Metadata["serverAddress"] = "http://prometheus-operated:9090"
+	}, checkScaledObjects, `cannot resolve "prometheus-operated"`},
+	{"a Prometheus that does not scrape the workers", "production", func(r *rendered) {
+		r.scaledObjects[0].Spec.Triggers[0].Metadata["serverAddress"] = "http://prometheus-operated.observability.svc:9090"
+	}, checkScaledObjects, "only from namespace monitoring"},
+	{"TriggerAuthentication left over", "production", func(r *rendered) {
+		ta := &kedav1alpha1.TriggerAuthentication{}
+		ta.Name, ta.Namespace = "upsize-redis", r.scaledObjects[0].Namespace
+		r.triggerAuths = append(r.triggerAuths, ta)
+	}, checkScaledObjects, "TriggerAuthentication upsize-redis is referenced by no trigger"},
 	{"trigger auth missing", "production", func(r *rendered) {
-		r.triggerAuths = nil
-	}, checkScaledObjects, "TriggerAuthentication upsize-redis not rendered"},
-	{"trigger auth parameter misspelt", "production", func(r *rendered) {
-		r.triggerAuths[0].Spec.SecretTargetRef[0].Parameter = "adress"
-	}, checkScaledObjects, "adress is not a Redis scaler parameter"},
-	{"Sentinel without master", "production-sentinel", func(r *rendered) {
-		r.triggerAuths[0].Spec.SecretTargetRef = r.triggerAuths[0].Spec.SecretTargetRef[:1]
-	}, checkScaledObjects, "Sentinel needs sentinelMaster"},
-	{"Sentinel overlay keeps the plain scaler", "production", func(r *rendered) {
-		r.expect.sentinel = true
-	}, checkScaledObjects, "want redis-sentinel"},
-	{"KEDA looks in another database", "single-node", func(r *rendered) {
-		r.scaledObjects[0].Spec.Triggers[2].Metadata["databaseIndex"] = "1"
-	}, checkScaledObjects, "databaseIndex 1, REDIS_URL uses database 0"},
-	{"KEDA given a short name it cannot resolve", "single-node", func(r *rendered) {
-		r.configMap("upsize-keda-redis").Data["address"] = "redis:6379"
-	}, checkScaledObjects, "reachable from namespace keda"},
-	{"target below concurrency", "production", func(r *rendered) {
-		r.scaledObjects[0].Spec.Advanced.ScalingModifiers.Target = "1"
-	}, checkScaledObjects, "below WORKER_CONCURRENCY 2"},
+		r.scaledObjects[0].Spec.Triggers[0].AuthenticationRef = &kedav1alpha1.AuthenticationRef{Name: "prometheus-auth"}
+	}, checkScaledObjects, "TriggerAuthentication prometheus-auth not rendered"},
+
+	{"backlog bound lowered under its alert", "single-node", func(r *rendered) {
+		r.configMap(upsizeConfig(r)).Data["QUEUE_MAX_BACKLOG_SECONDS"] = "3000"
+	}, checkBacklogAlert, "QUEUE_MAX_BACKLOG_SECONDS is 3000s: it must warn before the 429s"},
 
 	{"no default deny", "production", func(r *rendered) {
 		r.netpols = slices.DeleteFunc(r.netpols, func(n *networkingv1.NetworkPolicy) bool { return n.Name == "default-deny-ingress" })
@@ -421,9 +452,13 @@ var mutations = []mutation{
 	{"API closed", "production", func(r *rendered) {
 		r.netpol("upsize-api-ingress").Spec.PodSelector.MatchLabels["app.kubernetes.io/component"] = "apx"
 	}, checkNetworkPolicies, "API (port 8080) is not reachable from outside client"},
-	{"KEDA cannot read Redis", "single-node", func(r *rendered) {
-		r.netpol("redis-ingress").Spec.Ingress[0].From = r.netpol("redis-ingress").Spec.Ingress[0].From[:1]
-	}, checkNetworkPolicies, "is not reachable from KEDA operator"},
+	{"KEDA let into Redis again", "single-node", func(r *rendered) {
+		in := &r.netpol("redis-ingress").Spec.Ingress[0]
+		in.From = append(in.From, networkingv1.NetworkPolicyPeer{
+			NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": "keda"}},
+			PodSelector:       &metav1.LabelSelector{MatchLabels: map[string]string{"app.kubernetes.io/name": "keda-operator"}},
+		})
+	}, checkNetworkPolicies, "is reachable from KEDA operator"},
 	{"Redis open to the namespace", "single-node", func(r *rendered) {
 		r.netpol("redis-ingress").Spec.Ingress[0].From[0].PodSelector.MatchExpressions = nil
 	}, checkNetworkPolicies, "is reachable from other pod in the namespace"},
@@ -469,6 +504,10 @@ var mutations = []mutation{
 		r.netpol("upsize-egress-eks-pod-identity").Spec.Egress[0].To[0].IPBlock.CIDR = "169.254.0.0/16"
 	}, checkEgress, "can reach the cloud metadata server (TCP 80)"},
 }
+
+func query(r *rendered) string { return r.scaledObjects[0].Spec.Triggers[0].Metadata["query"] }
+
+func setQuery(r *rendered, q string) { r.scaledObjects[0].Spec.Triggers[0].Metadata["query"] = q }
 
 // mustLoad is load for mutations, which have no *testing.T; the overlay rendered in other tests already.
 func mustLoad(name string) *rendered {
@@ -594,8 +633,8 @@ func TestDocsChecksCatchOmissions(t *testing.T) {
 		t.Fatal(err)
 	}
 	rs := []*rendered{load(t, "production-sentinel"), load(t, "production+gke-metadata-egress")}
-	for _, drop := range []string{"keda-sentinel-master", "deploy/k8s/overlays/production-sentinel", "blob-url", "aws-secret-access-key",
-		"components/gke-metadata-egress"} {
+	for _, drop := range []string{"redis-url", "deploy/k8s/overlays/production-sentinel", "blob-url", "aws-secret-access-key",
+		"components/gke-metadata-egress", "http://prometheus-operated.monitoring.svc.cluster.local:9090"} {
 		errs := checkDocs(strings.ReplaceAll(string(doc), drop, "(removed)"), rs)
 		found := false
 		for _, err := range errs {

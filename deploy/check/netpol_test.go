@@ -174,7 +174,7 @@ func checkNetworkPolicies(r *rendered) []error {
 		for _, c := range w.template.Spec.Containers {
 			for _, cp := range c.Ports {
 				targets = append(targets, target{w.String() + " port " + cp.Name, w.template.Labels, &w.template.Spec, cp.ContainerPort,
-					[]peer{apiPeer, workerPeer, kedaOperator}, []peer{outsider, otherNSPod, stranger, prometheus}})
+					[]peer{apiPeer, workerPeer}, []peer{outsider, otherNSPod, stranger, prometheus, kedaOperator}})
 			}
 		}
 	}

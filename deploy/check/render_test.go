@@ -33,7 +33,6 @@ var overlaysDir = filepath.Join(repoRoot, "deploy", "k8s", "overlays")
 // deploy/k8s/overlays needs an entry, so that a new overlay is checked on purpose.
 type expectation struct {
 	inClusterRedis bool // a Redis StatefulSet in the overlay (else REDIS_URL comes from a Secret)
-	sentinel       bool // KEDA reads Redis through its redis-sentinel scaler
 	blobs          blobStorage
 	// externalRedisPorts: the ports of a Redis outside the cluster (managed, or Sentinels) the API and the
 	// workers' egress must reach.
@@ -61,7 +60,7 @@ var production = expectation{blobs: blobObjectStore, externalRedisPorts: []int32
 var overlays = map[string]expectation{
 	"single-node": {inClusterRedis: true, blobs: blobVolume, externalSecrets: []string{"upsize-secrets"}},
 	"production":  production,
-	"production-sentinel": {blobs: blobObjectStore, sentinel: true, externalRedisPorts: []int32{26379, 6379},
+	"production-sentinel": {blobs: blobObjectStore, externalRedisPorts: []int32{26379, 6379},
 		externalSecrets: []string{"upsize-secrets"}},
 }
 

@@ -29,10 +29,18 @@ func TestBinariesServeProbedRoutes(t *testing.T) {
 }
 
 // checkDocs: docs/deploy.md names every overlay, every component and every Secret key the manifests read,
-// so that an operator knows what to create before applying.
+// so that an operator knows what to create before applying, and the Prometheus KEDA asks for the work
+// backlog, so that one whose Prometheus is elsewhere knows what to patch.
 func checkDocs(doc string, rs []*rendered) []error {
 	var errs []error
 	for _, r := range rs {
+		for _, so := range r.scaledObjects {
+			for _, tr := range so.Spec.Triggers {
+				if addr := tr.Metadata["serverAddress"]; addr != "" && !strings.Contains(doc, addr) {
+					errs = append(errs, fmt.Errorf("docs/deploy.md does not name %s, the Prometheus KEDA asks (%s)", addr, r.overlay))
+				}
+			}
+		}
 		if v, ok := variants[r.overlay]; ok {
 			if !strings.Contains(doc, "components/"+v.component) {
 				errs = append(errs, fmt.Errorf("docs/deploy.md does not mention the component components/%s", v.component))

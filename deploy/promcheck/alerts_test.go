@@ -31,6 +31,10 @@ const (
 	route  = `route="/api/images/:id/upsize", method="POST", platform="web"`
 	paid   = `queue="upsize_paid"`
 	free   = `queue="upsize_free"`
+
+	paidSmall = `queue="upsize_paid_small"`
+	freeSmall = `queue="upsize_free_small"`
+	paidMore  = `queue="upsize_paid_more"`
 )
 
 // hist writes a classic histogram that observes perMin values v a minute for an hour.
@@ -79,13 +83,31 @@ func fires(alert, what string, series []string, data string) scenario {
 func quiet(alert, what, data string) scenario { return scenario{alert, what, nil, data} }
 
 var scenarios = []scenario{
-	fires("UpsizeBacklogGrowing", "pending rises by 5 a minute, two API replicas export it", []string{`{queue="upsize_free"}`}, load(
-		`  upsize_queue_tasks{`+api+`, instance="a", `+free+`, state="pending"} 0+5x60`,
-		`  upsize_queue_tasks{`+api+`, instance="b", `+free+`, state="pending"} 0+5x60`)),
-	quiet("UpsizeBacklogGrowing", "a large but steady backlog", load(
-		`  upsize_queue_tasks{`+api+`, instance="a", `+free+`, state="pending"} 500x60`)),
-	quiet("UpsizeBacklogGrowing", "a growing backlog under the floor", load(
-		`  upsize_queue_tasks{`+api+`, instance="a", `+free+`, state="pending"} 0+0.5x60`)),
+	fires("UpsizeBacklogGrowing", "the work backlog rises by 30 s a minute, two API replicas export it", []string{`{queue="upsize_free"}`}, load(
+		`  upsize_backlog_work_seconds{`+api+`, instance="a", `+free+`} 0+30x60`,
+		`  upsize_backlog_work_seconds{`+api+`, instance="b", `+free+`} 0+30x60`)),
+	quiet("UpsizeBacklogGrowing", "a large but steady work backlog", load(
+		`  upsize_backlog_work_seconds{`+api+`, instance="a", `+free+`} 3000x60`)),
+	quiet("UpsizeBacklogGrowing", "a growing work backlog under the floor", load(
+		`  upsize_backlog_work_seconds{`+api+`, instance="a", `+free+`} 0+4x60`)),
+	// Tasks are not work: five more small 2x a minute is a few seconds of it.
+	quiet("UpsizeBacklogGrowing", "small tasks pile up, a few seconds of work", load(
+		`  upsize_queue_tasks{`+api+`, instance="a", `+paidSmall+`, state="pending"} 0+5x60`,
+		`  upsize_backlog_work_seconds{`+api+`, instance="a", `+paidSmall+`} 0+0.1x60`)),
+
+	// Every API replica exports the same figure: taken once per queue, then summed.
+	fires("UpsizeBacklogWorkHigh", "4000 s of work in two queues, two API replicas export it", []string{`{}`}, load(
+		`  upsize_backlog_work_seconds{`+api+`, instance="a", `+paid+`} 2500x60`,
+		`  upsize_backlog_work_seconds{`+api+`, instance="b", `+paid+`} 2500x60`,
+		`  upsize_backlog_work_seconds{`+api+`, instance="a", `+paidMore+`} 1500x60`,
+		`  upsize_backlog_work_seconds{`+api+`, instance="b", `+paidMore+`} 1500x60`)),
+	quiet("UpsizeBacklogWorkHigh", "2000 s of work, which two API replicas export", load(
+		`  upsize_backlog_work_seconds{`+api+`, instance="a", `+paid+`} 1200x60`,
+		`  upsize_backlog_work_seconds{`+api+`, instance="b", `+paid+`} 1200x60`,
+		`  upsize_backlog_work_seconds{`+api+`, instance="a", `+free+`} 800x60`,
+		`  upsize_backlog_work_seconds{`+api+`, instance="b", `+free+`} 800x60`)),
+	quiet("UpsizeBacklogWorkHigh", "5000 s of work for 5 minutes, then drained", load(
+		`  upsize_backlog_work_seconds{`+api+`, instance="a", `+paid+`} 1000x40 5000x5 1000x14`)),
 
 	fires("UpsizeBacklogStalled", "tasks wait, workers run none", []string{`{queue="upsize_paid"}`}, load(
 		`  upsize_queue_tasks{`+api+`, instance="a", `+paid+`, state="pending"} 20x60`,
@@ -98,6 +120,9 @@ var scenarios = []scenario{
 	fires("UpsizeBacklogStalled", "tasks wait, the workers have run none since they started", []string{`{queue="upsize_paid"}`}, load(
 		`  upsize_queue_tasks{`+api+`, instance="a", `+paid+`, state="pending"} 20x60`,
 		`  up{`+worker+`, instance="w"} 1x60`)),
+	fires("UpsizeBacklogStalled", "small free tasks wait, the workers run only large ones", []string{`{queue="upsize_free_small"}`}, load(
+		`  upsize_queue_tasks{`+api+`, instance="a", `+freeSmall+`, state="pending"} 20x60`,
+		`  upsize_task_runs_total{`+worker+`, instance="w", `+paid+`, outcome="completed"} 0+10x60`)),
 	quiet("UpsizeBacklogStalled", "tasks wait, workers complete them", load(
 		`  upsize_queue_tasks{`+api+`, instance="a", `+paid+`, state="pending"} 20x60`,
 		`  upsize_task_runs_total{`+worker+`, instance="w", `+paid+`, outcome="completed"} 0+10x60`)),
@@ -113,6 +138,22 @@ var scenarios = []scenario{
 	quiet("UpsizeQueueWaitHigh", "tasks of both queues wait 4 ms", load(
 		hist("upsize_task_queue_wait_seconds", worker+`, instance="w", `+free+`, scale="2x", format="png"`, 0.004, 10),
 		hist("upsize_task_queue_wait_seconds", worker+`, instance="w", `+paid+`, scale="4x", format="webp"`, 0.004, 60))),
+	// A user's requests beyond their first two wait behind those by design.
+	quiet("UpsizeQueueWaitHigh", "a user's extra large requests wait 60 s, first ones 4 ms", load(
+		hist("upsize_task_queue_wait_seconds", worker+`, instance="w", `+paidMore+`, scale="8x", format="png"`, 60, 5),
+		hist("upsize_task_queue_wait_seconds", worker+`, instance="w", `+paid+`, scale="8x", format="png"`, 0.004, 5))),
+	quiet("UpsizeQueueWaitHigh", "small tasks wait 15 s (UpsizeSmallTasksWaiting's case)", load(
+		hist("upsize_task_queue_wait_seconds", worker+`, instance="w", `+paidSmall+`, scale="2x", format="jpeg"`, 15, 60))),
+
+	fires("UpsizeSmallTasksWaiting", "small paid tasks wait 5 s, small free ones 4 ms", []string{`{queue="upsize_paid_small"}`}, load(
+		hist("upsize_task_queue_wait_seconds", worker+`, instance="w", `+paidSmall+`, scale="2x", format="jpeg"`, 5, 60),
+		hist("upsize_task_queue_wait_seconds", worker+`, instance="w", `+freeSmall+`, scale="2x", format="jpeg"`, 0.004, 10))),
+	// Heavy work waits; the reserved slot keeps small tasks moving.
+	quiet("UpsizeSmallTasksWaiting", "large tasks wait 30 s, small ones 4 ms", load(
+		hist("upsize_task_queue_wait_seconds", worker+`, instance="w", `+paid+`, scale="8x", format="png"`, 30, 5),
+		hist("upsize_task_queue_wait_seconds", worker+`, instance="w", `+paidSmall+`, scale="2x", format="jpeg"`, 0.004, 60))),
+	quiet("UpsizeSmallTasksWaiting", "small tasks wait 1 s", load(
+		hist("upsize_task_queue_wait_seconds", worker+`, instance="w", `+freeSmall+`, scale="2x", format="png"`, 1, 60))),
 
 	fires("UpsizeQueueFull", "429 queue_full answers", []string{`{}`}, load(
 		`  upsize_upsize_outcomes_total{`+api+`, instance="a", outcome="rejected", reason="queue_full", scale="2x"} 0+30x60`)),

@@ -18,6 +18,7 @@ import (
 const (
 	dashboardPath = "../grafana/upsize.json"
 	rulePath      = "../k8s/base/prometheusrule.yaml"
+	scalerPath    = "../k8s/base/worker-scaledobject.yaml"
 	docsPath      = "../../docs/observability.md"
 
 	// The ServiceMonitors' job labels (docs/observability.md).
@@ -40,6 +41,7 @@ type query struct {
 	expr   string // as written, Grafana variables included
 	legend string // a panel target's legendFormat
 	alert  *monitoringv1.Rule
+	scaler bool // the KEDA trigger's query: one series, the work backlog
 }
 
 // ---- dashboard ----
@@ -255,6 +257,47 @@ func ruleQueries(r *monitoringv1.PrometheusRule) []query {
 	return qs
 }
 
+// ---- ScaledObject ----
+
+// scaledObject is what these checks read of KEDA's ScaledObject (deploy/check decodes it strictly into
+// KEDA's own type).
+type scaledObject struct {
+	Metadata struct {
+		Name string `json:"name"`
+	} `json:"metadata"`
+	Spec struct {
+		Triggers []struct {
+			Type     string            `json:"type"`
+			Name     string            `json:"name"`
+			Metadata map[string]string `json:"metadata"`
+		} `json:"triggers"`
+	} `json:"spec"`
+}
+
+func loadScaledObject(t *testing.T) *scaledObject {
+	t.Helper()
+	b, err := os.ReadFile(scalerPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var so scaledObject
+	if err := yaml.Unmarshal(b, &so); err != nil {
+		t.Fatalf("%s: %v", scalerPath, err)
+	}
+	return &so
+}
+
+// scalerQueries are the queries of the ScaledObject's prometheus triggers, checked like the panels'.
+func scalerQueries(so *scaledObject) []query {
+	var qs []query
+	for _, tr := range so.Spec.Triggers {
+		if tr.Type == "prometheus" {
+			qs = append(qs, query{where: fmt.Sprintf("ScaledObject %s trigger %s", so.Metadata.Name, tr.Name), expr: tr.Metadata["query"], scaler: true})
+		}
+	}
+	return qs
+}
+
 // ---- PromQL ----
 
 // selector is one vector selector of an expression: its metric name and matchers.
@@ -314,12 +357,13 @@ func parseAll(t *testing.T, qs []query, subs map[string]string) []parsed {
 	return out
 }
 
-// everything loads the dashboard and the rule and parses all their expressions.
+// everything loads the dashboard, the rule and the ScaledObject, and parses all their expressions.
 func everything(t *testing.T) (*dashboard, *monitoringv1.PrometheusRule, []parsed) {
 	t.Helper()
 	d, _ := loadDashboard(t)
 	r := loadRule(t)
 	qs := append(dashboardQueries(t, d), ruleQueries(r)...)
+	qs = append(qs, scalerQueries(loadScaledObject(t))...)
 	ps := parseAll(t, qs, substitutions(t, d))
 	if len(ps) < len(qs) {
 		t.FailNow()

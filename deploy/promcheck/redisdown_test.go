@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -22,15 +23,17 @@ import (
 
 	"upsize/internal/jobs"
 	"upsize/internal/metrics"
-	"upsize/internal/store"
 	"upsize/internal/obs"
+	"upsize/internal/store"
 	"upsize/internal/testredis"
 )
 
 // What UpsizeRedisUnreachable and the dashboard rely on, with the service's own collectors served as
 // cmd/api and cmd/worker serve them (obs.Handler) and a Redis that refuses connections: the API's
-// /metrics still answers 200 with every family but upsize_queue_tasks, upsize_redis_up says 0 there
-// and on a worker; those very scrapes make UpsizeRedisUnreachable fire, and nothing else.
+// /metrics still answers 200 with every family but the backlog's (upsize_queue_tasks,
+// upsize_backlog_work_seconds, upsize_work_done_seconds_total: read from Redis at scrape time),
+// upsize_redis_up says 0 there and on a worker; those very scrapes make UpsizeRedisUnreachable fire, and
+// nothing else (the KEDA query then returns nothing, and KEDA falls back: TestScalerQuery).
 func TestRedisDown(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -74,10 +77,15 @@ func TestRedisDown(t *testing.T) {
 		if n := len(liveAPI["upsize_queue_tasks"].GetMetric()); n != 2*len(jobs.Queues) {
 			t.Errorf("with Redis up, upsize_queue_tasks has %d series, want pending and active of %d queues", n, len(jobs.Queues))
 		}
-		if _, ok := deadAPI["upsize_queue_tasks"]; ok {
-			t.Errorf("with Redis down, upsize_queue_tasks is exposed: %v", deadAPI["upsize_queue_tasks"])
+		if n := len(liveAPI["upsize_backlog_work_seconds"].GetMetric()); n != len(jobs.Queues) {
+			t.Errorf("with Redis up, upsize_backlog_work_seconds has %d series, want one per queue (%d)", n, len(jobs.Queues))
 		}
-		sameFamilies(t, liveAPI, deadAPI, "upsize_queue_tasks")
+		for _, name := range backlogFamilies {
+			if _, ok := deadAPI[name]; ok {
+				t.Errorf("with Redis down, %s is exposed: %v", name, deadAPI[name])
+			}
+		}
+		sameFamilies(t, liveAPI, deadAPI, backlogFamilies...)
 	})
 
 	t.Run("a worker says Redis is down", func(t *testing.T) {
@@ -90,7 +98,7 @@ func TestRedisDown(t *testing.T) {
 		if v := gaugeOf(t, deadWorker, "upsize_worker_concurrency"); v != 3 {
 			t.Errorf("upsize_worker_concurrency = %v, want 3", v)
 		}
-		sameFamilies(t, liveWorker, deadWorker, "")
+		sameFamilies(t, liveWorker, deadWorker)
 	})
 
 	// The promise of obs.Handler the above relies on in general: a collector that fails costs its own
@@ -208,11 +216,14 @@ func serveMetricsLog(t *testing.T, reg *prometheus.Registry, log *slog.Logger) m
 	return fams
 }
 
+// backlogFamilies are the API's families read from Redis at scrape time: gone while it is down.
+var backlogFamilies = []string{"upsize_queue_tasks", "upsize_backlog_work_seconds", "upsize_work_done_seconds_total"}
+
 // sameFamilies: with Redis down a process exposes every family it exposes with Redis up, but except.
-func sameFamilies(t *testing.T, up, down map[string]*dto.MetricFamily, except string) {
+func sameFamilies(t *testing.T, up, down map[string]*dto.MetricFamily, except ...string) {
 	t.Helper()
 	for _, name := range sortedKeys(up) {
-		if _, ok := down[name]; !ok && name != except {
+		if _, ok := down[name]; !ok && !slices.Contains(except, name) {
 			t.Errorf("%s is gone with Redis down", name)
 		}
 	}

@@ -23,6 +23,8 @@ import (
 	"github.com/prometheus/prometheus/storage"
 
 	"upsize/internal/imageops"
+	"upsize/internal/jobs"
+	"upsize/internal/policy"
 	"upsize/internal/testenv"
 	"upsize/internal/testimg"
 )
@@ -45,14 +47,20 @@ type scrapeTarget struct {
 }
 
 // serveTraffic runs the API and a worker on Redis with real libvips and drives traffic that produces
-// every family and label value the dashboard and the alerts use: uploads, upsizes of 2x and 4x by a
-// paid user and of 2x by a free one (so that both queues have waits and runs), a rejection, a cancel of
-// a running task, a cancel too late; a second API without worker answers 202 at its wait deadline and
-// then 429 queue_full. The API and the worker are gathered three times, before and after each of two
-// rounds, as three scrapes.
+// every family and label value the dashboard and the alerts use: uploads, small upsizes of 2x and 4x by
+// a paid user and of 2x by a free one (so that both small queues have waits and runs), three large ones
+// of the paid user open at once (the first two in upsize_paid, the third in upsize_paid_more; their
+// pixels are a small image's), a
+// rejection, a cancel of a running task, a cancel too late; a second API without worker answers 202 at
+// its wait deadline and then 429 queue_full. The API and the worker are gathered three times, before and
+// after each of two rounds, as three scrapes.
 func serveTraffic(t *testing.T) *realRun {
 	t.Helper()
-	var hold atomic.Bool // set: the next task blocks until canceled, so that a cancel finds it running
+	var hold atomic.Bool                   // set: the next task blocks until canceled, so that a cancel finds it running
+	var gate atomic.Pointer[chan struct{}] // set: large tasks wait for it to close, so that they stay open together
+	// A large task's class and queue come from the work model's estimate of its upload (at admission);
+	// its pixels are a small image's here, since encoding 20 MP would only slow the run.
+	standIn := testimg.EncodePNG(testimg.Gradient(16, 16))
 	op := func(ctx context.Context, src []byte, w io.Writer, p imageops.Params) (imageops.Result, error) {
 		if hold.Load() {
 			select {
@@ -61,6 +69,14 @@ func serveTraffic(t *testing.T) *realRun {
 			case <-time.After(20 * time.Second):
 				return imageops.Result{}, fmt.Errorf("the cancel never reached the running task")
 			}
+		}
+		if g := gate.Load(); g != nil && len(src) > 16<<10 {
+			select {
+			case <-*g:
+			case <-ctx.Done():
+				return imageops.Result{}, ctx.Err()
+			}
+			src = standIn
 		}
 		return imageops.Upsize(ctx, src, w, p)
 	}
@@ -96,6 +112,9 @@ func serveTraffic(t *testing.T) *realRun {
 		return 0
 	}
 
+	side := largeSide(t)
+	big := e.UploadOK(u.Key, testimg.EncodePNG(testimg.Gradient(side, side)))
+
 	scrape()
 	for round := 1; round <= 2; round++ {
 		ctx := context.Background()
@@ -107,6 +126,26 @@ func serveTraffic(t *testing.T) *realRun {
 		e.Want(e.Upsize(ctx, u.Key, 999999, "2x", ""), 404, "no_input_image (999999)")
 		fid := e.UploadOK(free.Key, testimg.EncodePNG(testimg.Gradient(16, 16)))
 		e.Want(e.Upsize(ctx, free.Key, fid, "2x", fmt.Sprintf("round%d-free", round)), 201, "")
+
+		// Three large upsizes of one user open at once: its first two take the first lane (upsize_paid), the
+		// third the "more" one (upsize_paid_more). Their tasks wait for the gate until all are admitted.
+		g := make(chan struct{})
+		gate.Store(&g)
+		large := make(chan *testenv.Resp, 3)
+		for i := range 3 {
+			rid := fmt.Sprintf("round%d-large%d", round, i)
+			go func() { large <- e.Upsize(ctx, u.Key, big, "8x", rid) }()
+			waitOpen(t, e, u.Key, rid)
+		}
+		close(g)
+		for range 3 {
+			e.Want(<-large, 201, "")
+		}
+		gate.Store(nil)
+		if got := queuesRun(w.Metrics); !got[jobs.QueuePaid] || !got[jobs.QueuePaidMore] || !got[jobs.QueuePaidSmall] || !got[jobs.QueueFreeSmall] {
+			t.Fatalf("after round %d the worker ran tasks of %v; want %s, %s, %s and %s", round, sortedKeys(got),
+				jobs.QueuePaidSmall, jobs.QueueFreeSmall, jobs.QueuePaid, jobs.QueuePaidMore)
+		}
 
 		rc := fmt.Sprintf("round%d-cancel", round)
 		hold.Store(true)
@@ -158,6 +197,54 @@ func serveTraffic(t *testing.T) *realRun {
 	}
 	run.load = loadText(scrapes)
 	return run
+}
+
+// largeSide is the side of a square PNG whose 8x the work model estimates at a quarter more than
+// jobs.SmallWork: a large task.
+func largeSide(t *testing.T) int {
+	t.Helper()
+	m := policy.DefaultWork
+	outMP := float64(jobs.SmallWork*5/4-m.Fixed) / float64(m.PerMP["png"])
+	side := int(math.Ceil(math.Sqrt(outMP * 1e6 / 64)))
+	if w := m.Estimate("png", int64(side*8)*int64(side*8)); w <= jobs.SmallWork {
+		t.Fatalf("an 8x of %d² is estimated at %s, not above jobs.SmallWork %s", side, w, jobs.SmallWork)
+	}
+	return side
+}
+
+// waitOpen waits until the request is admitted (queued or running).
+func waitOpen(t *testing.T, e *testenv.Env, key, rid string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r := e.RequestState(key, rid)
+		if st := r.JSON()["state"]; r.Status == 200 && (st == "queued" || st == "running") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("request %s was never admitted: %s", rid, r)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// queuesRun are the queues of which a worker has reported task runs.
+func queuesRun(reg *prometheus.Registry) map[string]bool {
+	out := map[string]bool{}
+	mfs, _ := reg.Gather()
+	for _, mf := range mfs {
+		if mf.GetName() != "upsize_task_runs_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "queue" {
+					out[l.GetValue()] = true
+				}
+			}
+		}
+	}
+	return out
 }
 
 func waitRunning(t *testing.T, e *testenv.Env, key, rid string) {
@@ -448,6 +535,18 @@ func TestAgainstRealService(t *testing.T) {
 				if !carried {
 					t.Errorf("%s: the legend %q names %s, which no series of the result carries: %v", p.where, p.legend, name, vec)
 				}
+			}
+		}
+	})
+
+	// KEDA refuses a result of several series.
+	t.Run("the KEDA query gives one number", func(t *testing.T) {
+		for _, p := range ps {
+			if !p.scaler {
+				continue
+			}
+			if vec := instant(t, ng, st, p.text, run.evalAt); len(vec) != 1 || math.IsNaN(vec[0].F) {
+				t.Errorf("%s: %v, want one number", p.where, vec)
 			}
 		}
 	})
