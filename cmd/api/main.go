@@ -37,7 +37,10 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.
 	}
 	defer base.Close()
 	cfg, log := base.Config, base.Log
-	api := app.NewAPI(base)
+	api, err := app.NewAPI(base)
+	if err != nil {
+		return err
+	}
 	api.Start(ctx)
 	defer api.Stop()
 

@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -11,6 +12,7 @@ import (
 	"github.com/hibiken/asynqmon"
 	"github.com/redis/go-redis/v9"
 
+	"upsize/internal/callback"
 	"upsize/internal/cancel"
 	"upsize/internal/httpapi"
 	"upsize/internal/jobs"
@@ -34,8 +36,12 @@ type API struct {
 }
 
 // NewAPI wires the API from b's configuration.
-func NewAPI(b *Base) *API {
+func NewAPI(b *Base) (*API, error) {
 	cfg := b.Config
+	allow, err := callback.NewAllowlist(cfg.CallbackAllowedHosts)
+	if err != nil {
+		return nil, fmt.Errorf("CALLBACK_ALLOWED_HOSTS: %w", err)
+	}
 	a := &API{Base: b, Hub: cancel.NewHub(b.Redis, b.Registry), Queue: jobs.NewQueue(b.Redis, store.DefaultKeys), stopWaiting: make(chan struct{})}
 	a.Handler = httpapi.NewHandler(&httpapi.Deps{
 		Log: b.Log, Store: b.Store, Registry: b.Registry, Hub: a.Hub, Queue: a.Queue, Blobs: b.Blobs,
@@ -46,9 +52,10 @@ func NewAPI(b *Base) *API {
 			ValidateTimeout: cfg.ValidateTimeout, GateWait: cfg.UploadWait, FileRedirect: cfg.BlobRedirect,
 			EventHeartbeat: cfg.EventHeartbeat,
 		},
-		AdminToken:  cfg.AdminToken,
-		Ready:       a.ready,
-		StopWaiting: a.stopWaiting,
+		AdminToken:      cfg.AdminToken,
+		Ready:           a.ready,
+		StopWaiting:     a.stopWaiting,
+		CallbackAllowed: allow.Check,
 		QueuesUI: asynqmon.New(asynqmon.Options{
 			RootPath: "/admin/queues", RedisConnOpt: sharedClient{b.Redis}, ReadOnly: cfg.QueuesUIReadOnly,
 		}),
@@ -58,7 +65,7 @@ func NewAPI(b *Base) *API {
 			WorkKey: store.DefaultKeys.Work(), WorkDoneKey: store.DefaultKeys.WorkDone(),
 		}),
 	})
-	return a
+	return a, nil
 }
 
 // sharedClient gives asynqmon the process's Redis client (asynq.RedisConnOpt). asynqmon's Close would

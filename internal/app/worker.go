@@ -12,6 +12,7 @@ import (
 	"github.com/hibiken/asynq"
 
 	"upsize/internal/blob"
+	"upsize/internal/callback"
 	"upsize/internal/cancel"
 	"upsize/internal/imageops"
 	"upsize/internal/janitor"
@@ -26,8 +27,11 @@ type Worker struct {
 	Base *Base
 	// Servers: with WORKER_CONCURRENCY n ≥ 2, one asynq server of n-1 slots takes every queue and another
 	// of one slot takes only small tasks' queues, so heavy work never holds every slot (jobs.Queues).
+	// The last one serves completion callbacks only (callback.Queue), with slots of its own: a receiver
+	// that fails or hangs never holds an upsize slot.
 	Servers   []*asynq.Server
 	Processor *jobs.Processor
+	Callbacks *callback.Deliverer
 	Inflight  *cancel.Inflight
 	Janitor   *janitor.Janitor
 	Health    http.Handler
@@ -67,13 +71,20 @@ func NewWorker(b *Base, o WorkerOptions) (*Worker, error) {
 		return nil, err
 	}
 	w.Janitor = jan
+	allow, err := callback.NewAllowlist(cfg.CallbackAllowedHosts)
+	if err != nil {
+		return nil, err
+	}
+	w.Callbacks = callback.New(b.Redis, b.Registry, b.Store, allow, b.Log, b.Metrics)
 	w.mux = asynq.NewServeMux()
 	w.mux.Handle(jobs.TypeUpsize, w.Processor)
+	w.mux.Handle(callback.TypeCallback, w.Callbacks.Handler())
 	if n := cfg.WorkerConcurrency; n >= 2 {
 		w.Servers = []*asynq.Server{newServer(b, n-1, jobs.QueueWeights), newServer(b, 1, jobs.SmallQueueWeights)}
 	} else {
 		w.Servers = []*asynq.Server{newServer(b, n, jobs.QueueWeights)} // one slot: nothing to reserve
 	}
+	w.Servers = append(w.Servers, w.Callbacks.NewServer(cfg.ShutdownTimeout))
 	w.Health = w.healthHandler()
 	return w, nil
 }
@@ -98,7 +109,7 @@ func newServer(b *Base, slots int, queues map[string]int) *asynq.Server {
 }
 
 // Start listens for cancels, then takes tasks (only once cancels are heard, so that no cancel of a
-// running task is missed), and starts the janitor.
+// running task is missed), and starts the janitor and the callback dispatcher.
 func (w *Worker) Start(ctx context.Context) error {
 	w.bg = newBackground(ctx)
 	log := w.Base.Log
@@ -121,6 +132,7 @@ func (w *Worker) Start(ctx context.Context) error {
 		}
 	}
 	w.bg.run(w.Janitor.Run)
+	w.bg.run(w.Callbacks.RunDispatcher)
 	return nil
 }
 

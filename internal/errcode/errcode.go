@@ -74,6 +74,7 @@ var (
 	// Upsize rules 2-14.
 	InvalidPlatform    = code(http.StatusBadRequest, "invalid_platform")
 	InvalidRequestID   = code(http.StatusBadRequest, "invalid_request_id")
+	CallbackNotAllowed = code(http.StatusBadRequest, "callback_not_allowed")
 	UserCanceled       = code(http.StatusConflict, "user_canceled_request")
 	RequestIDReused    = code(http.StatusUnprocessableEntity, "request_id_reused")
 	NoInputImage       = withID(http.StatusNotFound, "no_input_image", "no_input_image (%s)")

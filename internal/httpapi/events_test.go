@@ -5,11 +5,14 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
+	"upsize/internal/callback"
 	"upsize/internal/testenv"
 	"upsize/internal/testimg"
 )
@@ -173,5 +176,48 @@ func TestEventsCancelLimitsAndHeartbeats(t *testing.T) {
 	}
 	for _, r := range open {
 		r.Body.Close()
+	}
+}
+
+// Rule 2 for X-Callback-Url, and a completion callback that arrives signed at a real receiver.
+func TestCallbackRuleAndDelivery(t *testing.T) {
+	got := make(chan *http.Request, 4)
+	bodies := make(chan []byte, 4)
+	receiver := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		got <- r
+		bodies <- b
+	}))
+	defer receiver.Close()
+	host := strings.TrimPrefix(receiver.URL, "http://")
+	e := testenv.New(t, testenv.Options{CallbackHosts: []string{host}})
+	e.Configure()
+	u := e.NewUser("paid", 100)
+	id := e.UploadOK(u.Key, testimg.EncodePNG(testimg.Gradient(32, 32)))
+	upsize := func(rid, url string) *testenv.Resp {
+		return e.Do(testenv.Req{Method: "POST", Path: fmt.Sprintf("/api/images/%d/upsize", id), Key: u.Key,
+			Header: map[string]string{"X-Request-Id": rid, "X-Callback-Url": url}})
+	}
+	// No webhook secret yet: callbacks are always signed.
+	e.Want(upsize("cb-0", receiver.URL+"/hook"), 400, "callback_not_allowed")
+	r := e.Do(testenv.Req{Method: "POST", Path: fmt.Sprintf("/admin/users/%d/webhook-secret", u.ID), Admin: true})
+	e.Want(r, 201, "")
+	secret := r.JSON()["secret"].(string)
+	for _, bad := range []string{"http://evil.example/hook", "ftp://" + host + "/x", "/relative", "http://" + host + ":1/x"} {
+		e.Want(upsize("cb-bad", bad), 400, "callback_not_allowed")
+	}
+	e.Want(upsize("cb-1", receiver.URL+"/hook?k=v"), 201, "")
+	select {
+	case req := <-got:
+		body := <-bodies
+		if err := callback.Verify(secret, req.Header.Get(callback.HeaderSignature), body, time.Minute, time.Now()); err != nil {
+			t.Fatalf("signature: %v", err)
+		}
+		want := e.RequestState(u.Key, "cb-1")
+		if string(body) != string(want.Body) || req.URL.RawQuery != "k=v" || req.Header.Get(callback.HeaderDelivery) == "" {
+			t.Fatalf("callback body %s, query %q; GET says %s", body, req.URL.RawQuery, want.Body)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("no callback within 20 s")
 	}
 }

@@ -69,6 +69,8 @@ type Deps struct {
 	Ready func(ctx context.Context) error
 	// StopWaiting is closed when waiting upsizes must answer 202 now (the process is shutting down).
 	StopWaiting <-chan struct{}
+	// CallbackAllowed is rule 2's check of an X-Callback-Url (nil: every callback is refused).
+	CallbackAllowed func(rawURL string) error
 	// QueuesUI is asynqmon, the operators' view of the queues, served under /admin/queues behind the admin
 	// token (nil: not served).
 	QueuesUI http.Handler

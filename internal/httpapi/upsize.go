@@ -54,7 +54,7 @@ func handleUpsize(d *Deps) gin.HandlerFunc {
 		scaleLabel := "unknown"
 		defer func() { countUpsize(c, d.Measure, scaleLabel) }()
 
-		ask, ok := parseUpsize(c)
+		ask, ok := parseUpsize(c, d)
 		if !ok {
 			return
 		}
@@ -104,7 +104,7 @@ func handleUpsize(d *Deps) gin.HandlerFunc {
 
 // parseUpsize is rule 2 and what the request asks for: a malformed header answers here; a scale or id
 // that does not parse is judged later, in SPEC's order.
-func parseUpsize(c *gin.Context) (asked, bool) {
+func parseUpsize(c *gin.Context, d *Deps) (asked, bool) {
 	if p := c.GetHeader("X-Platform"); p != "" && !platforms[p] {
 		fail(c, errcode.InvalidPlatform.E())
 		return asked{}, false
@@ -113,14 +113,41 @@ func parseUpsize(c *gin.Context) (asked, bool) {
 		fail(c, errcode.InvalidRequestID.E())
 		return asked{}, false
 	}
+	callback, ok := callbackURL(c, d)
+	if !ok {
+		return asked{}, false
+	}
 	body, ok := readBody(c, maxUpsizeBody)
 	if !ok {
 		return asked{}, false
 	}
-	a := asked{rid: c.GetString(ctxRequestID)}
+	a := asked{rid: c.GetString(ctxRequestID), callback: callback}
 	a.scale, a.scaleOK = parseScale(body)
 	a.imageID, a.idOK = parseID(c.Param("id"))
 	return a, true
+}
+
+// callbackURL is rule 2 for X-Callback-Url: absent, or an allowed URL of a user who has a webhook secret
+// (callbacks are always signed).
+func callbackURL(c *gin.Context, d *Deps) (string, bool) {
+	vals, sent := c.Request.Header["X-Callback-Url"]
+	if !sent {
+		return "", true
+	}
+	if len(vals) != 1 || d.CallbackAllowed == nil || d.CallbackAllowed(vals[0]) != nil {
+		fail(c, errcode.CallbackNotAllowed.E())
+		return "", false
+	}
+	secret, err := d.Store.WebhookSecret(c.Request.Context(), currentUser(c).ID)
+	switch {
+	case err != nil:
+		unavailable(c, errcode.ServiceUnavailable, err)
+		return "", false
+	case secret == "":
+		fail(c, errcode.CallbackNotAllowed.E())
+		return "", false
+	}
+	return vals[0], true
 }
 
 // backpressure is rule 13, from the caller's open requests and the queue's backlog.
@@ -157,6 +184,7 @@ func admit(c *gin.Context, d *Deps, u store.User, ask asked, src store.Image, up
 	res, err := d.Registry.Admit(c.Request.Context(), cancel.Admission{
 		UserID: u.ID, RequestID: ask.rid, ImageID: src.ID, Scale: up.Scale, Model: up.Model,
 		Cost: up.Cost, Work: up.Work, Queue: first, QueueMore: more, Lane: jobs.Lane, TaskID: jobs.TaskID(u.ID, ask.rid),
+		CallbackURL: ask.callback,
 	})
 	switch {
 	case err != nil:
@@ -197,11 +225,12 @@ func enqueue(c *gin.Context, d *Deps, userID int64, rid, queue string) bool {
 
 // asked is what an upsize asks for, as far as it could be parsed.
 type asked struct {
-	rid     string
-	imageID int64
-	idOK    bool
-	scale   string
-	scaleOK bool
+	rid      string
+	callback string // X-Callback-Url, checked
+	imageID  int64
+	idOK     bool
+	scale    string
+	scaleOK  bool
 }
 
 // knownAnswer is rule 3 for a request id the user has used before.

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -50,6 +51,7 @@ type Options struct {
 	FileRedirect     time.Duration         // BLOB_REDIRECT_TTL (default off)
 	BlobURL          string                // default BlobURL(t)
 	EventHeartbeat   time.Duration         // default 15s
+	CallbackHosts    []string              // CALLBACK_ALLOWED_HOSTS (default none)
 }
 
 // Env is a whole service in one process on a Redis database of its own, wired by package app as the
@@ -111,6 +113,7 @@ func (o Options) config(t testing.TB, rdb *redis.Client, blobURL string) config.
 	set("UPLOAD_WAIT", o.GateWait, o.GateWait == 0)
 	set("BLOB_REDIRECT_TTL", o.FileRedirect, o.FileRedirect == 0)
 	set("EVENT_HEARTBEAT", o.EventHeartbeat, o.EventHeartbeat == 0)
+	set("CALLBACK_ALLOWED_HOSTS", strings.Join(o.CallbackHosts, ","), len(o.CallbackHosts) == 0)
 	if o.UploadMemory != 0 && o.UploadMemory < 32<<20 {
 		env["MAX_UPLOAD_BYTES"] = fmt.Sprint(o.UploadMemory)
 	}
@@ -140,7 +143,10 @@ func New(t testing.TB, o Options) *Env {
 	}
 	blobs := openBlobs(t, "api", cfg.BlobURL)
 	base := app.New(cfg, log, rdb, blobs)
-	api := app.NewAPI(base)
+	api, err := app.NewAPI(base)
+	if err != nil {
+		t.Fatal(err)
+	}
 	api.Start(context.Background())
 	t.Cleanup(api.Stop)
 	waitReady(t, api.Hub.Ready())
