@@ -1,9 +1,13 @@
 package imageops
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
+	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -147,4 +151,118 @@ func TestCancelDuringFlatWebPDecode(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestCancelDuringWebPEncode: a WebP result is encoded by libwebp in one call over the whole picture
+// (libvips' webpsave too), seconds for a large noisy result, where no tile is computed and libvips'
+// kill flag is not looked at; libwebp's own progress hook comes seconds apart in places (webpsave.c).
+// Canceled 0.2 s and 1 s into the encode (once its process runs), Upsize returns within cancelBound and
+// the encoder process is gone within exitBound (it ends at once, but the kernel frees its hundreds of
+// MB first: 20-80 ms, more on a loaded machine; an encoder left running would still be there for
+// seconds). RGBA adds the alpha plane's lossless encode, which reports no progress at all. Measured
+// before the encoder process (docs/imageops.md): 2500x2500 RGB returned 8.9 s after a cancel at 30 % of
+// the run, 1500x1500 RGBA 3.6 s.
+func TestCancelDuringWebPEncode(t *testing.T) {
+	if testing.Short() {
+		t.Skip("encodes 9-16 MP WebPs")
+	}
+	const exitBound = time.Second
+	for _, c := range []struct {
+		name string
+		side int
+		o    testimg.WebPOptions
+	}{
+		{"RGB noise", 2000, testimg.WebPOptions{Quality: 90}},
+		{"RGBA noise", 1500, testimg.WebPOptions{Quality: 90, Alpha: true}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			src := testimg.WebPWith(c.side, c.side, c.o)
+			p := Params{Scale: 2, Kernel: "lanczos3", Encoding: DefaultEncoding}
+			// start runs an upsize and returns once its encoder process runs (or after a second,
+			// by when decoding and resampling are done, for an encoder that has no process).
+			start := func(ctx context.Context) <-chan error {
+				done := make(chan error, 1)
+				go func() {
+					_, err := Upsize(ctx, src, io.Discard, p)
+					done <- err
+				}()
+				for began := time.Now(); encoderProcesses(t) == 0 && time.Since(began) < time.Second; {
+					time.Sleep(time.Millisecond)
+				}
+				return done
+			}
+			began := time.Now()
+			if err := <-start(context.Background()); err != nil {
+				t.Fatalf("Upsize without cancel: %v", err)
+			}
+			encode := time.Since(began)
+			t.Logf("whole encode: %s", encode)
+			if encode < 2*time.Second {
+				t.Fatalf("the encode takes %s: too short to tell an encode that stops from one that runs to its end", encode)
+			}
+			for _, after := range []time.Duration{200 * time.Millisecond, time.Second} {
+				ctx, cancel := context.WithCancel(context.Background())
+				done := start(ctx)
+				time.Sleep(after)
+				canceled := time.Now()
+				cancel()
+				err := <-done
+				d := time.Since(canceled)
+				for encoderProcesses(t) > 0 && time.Since(canceled) < exitBound {
+					time.Sleep(time.Millisecond)
+				}
+				gone := time.Since(canceled)
+				t.Logf("canceled %s into the encode: returned %s after the cancel, encoder gone after %s", after, d, gone)
+				if !errors.Is(err, context.Canceled) {
+					t.Errorf("canceled %s into the encode: err = %v, want context.Canceled", after, err)
+				}
+				if d > cancelBound {
+					t.Errorf("canceled %s into the encode: returned %s after the cancel, want within %s", after, d, cancelBound)
+				}
+				if n := encoderProcesses(t); n != 0 {
+					t.Errorf("canceled %s into the encode: %d encoder processes still there %s after the cancel", after, n, gone)
+				}
+			}
+		})
+	}
+}
+
+// encoderProcesses counts this process's grandchildren: the WebP encoders the encoder server forked
+// (webpsave.c; this package's tests start no other process).
+func encoderProcesses(t *testing.T) int {
+	t.Helper()
+	parents := processParents(t)
+	n := 0
+	for _, ppid := range parents {
+		if parents[ppid] == os.Getpid() {
+			n++
+		}
+	}
+	return n
+}
+
+// processParents maps every process's pid to its parent's.
+func processParents(t *testing.T) map[int]int {
+	t.Helper()
+	parents := map[int]int{}
+	dirs, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile("/proc/" + d.Name() + "/stat")
+		if err != nil {
+			continue // gone meanwhile
+		}
+		// pid (comm) state ppid ...: comm may hold spaces and parentheses.
+		f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+		if len(f) > 1 {
+			parents[pid], _ = strconv.Atoi(f[1])
+		}
+	}
+	return parents
 }

@@ -25,11 +25,27 @@
 //     under 512 pixels wide (at most 8 MP). Decoded whole before the pipeline (libvips' loader too
 //     decodes the frame whole, on the first tile), the frame is the only image-sized buffer: no
 //     RGBA frame and canvas beside it.
+//   - Images whose EXIF orientation asks for a rotation: decoded whole before they are rotated, as
+//     libvips' random-access load does (in memory up to libvips' disc threshold, in a temporary file
+//     above), but by the call's own evaluation, so that the kill flag and the call's log tag reach it.
 //
-// bimg gives us libvips start-up, cache control and header reads. Upsampling itself goes through a small
-// cgo file because bimg cannot express what the contract needs: centre-aligned sampling with edges
-// extended by copying (bimg's enlarge shifts content by (s-1)/2 px and pads with black), and aborting a
-// running evaluation when the request is canceled.
+// And how each result is encoded (JPEG and PNG through libvips' savers, WebP through webpsave.c):
+//
+//   - JPEG and PNG: the encoders stream into the io.Writer, which refuses every write once the call
+//     is killed: they stop within the strip they hold.
+//   - WebP: libvips' saver encodes the whole picture in one libwebp call, seconds for a large noisy
+//     result, that nothing interrupts (libwebp's progress hook comes seconds apart in places). The
+//     picture is gathered as libvips' saver gathers it, then encoded, byte for byte as libvips would,
+//     in a process forked for it by a small server started by Init; a cancel ends that process (5-16
+//     ms from the cancel to the return, where libvips' saver ran on for up to 9 s).
+//
+// Once a call is killed, what libvips says about it (decoders and encoders complaining that their
+// reads and writes are refused) goes to the log at Debug: a canceled task is no error.
+//
+// bimg gives us libvips start-up, cache control and header reads. The pipeline itself is C (upsize.c,
+// resample.c, webpsave.c) because bimg cannot express what the contract needs: centre-aligned sampling
+// with edges extended by copying (bimg's enlarge shifts content by (s-1)/2 px and pads with black), and
+// aborting a running evaluation, decode and encode included, when the request is canceled.
 package imageops
 
 import (
@@ -170,7 +186,7 @@ func checkStructure(f Format, b []byte) (jpegLayout, error) {
 // nearest is an exact pixel replication.
 type Kernel string
 
-// interpolator numbers are shared with vips.c.
+// Interpolator numbers are shared with upsize.c (up_params.interp).
 var kernels = map[Kernel]int{
 	"nearest":  0,
 	"linear":   1,
@@ -193,11 +209,13 @@ func KnownKernel(name string) bool {
 
 // Encoding holds the encoder settings. The defaults are chosen and measured in docs/imageops.md.
 type Encoding struct {
-	JPEGQuality   int // 1-100
-	PNGLevel      int // zlib level 0-9
-	PNGAdaptive   bool
-	WebPQuality   int // 1-100
-	WebPEffort    int // 0-6
+	JPEGQuality int // 1-100
+	PNGLevel    int // zlib level 0-9
+	PNGAdaptive bool
+	WebPQuality int // 1-100
+	WebPEffort  int // 0-6
+	// StripMetadata leaves ICC profile, EXIF and XMP out of the result (libvips 8.14.1's own WebP
+	// saver ignored it; webpsave.c does not).
 	StripMetadata bool
 }
 
@@ -212,28 +230,9 @@ type Params struct {
 	// MaxInputPixels and MaxOutputPixels are checked from the header before any decode (0: no limit).
 	MaxInputPixels, MaxOutputPixels int64
 	// Log receives libvips' messages about this upsize (warnings about damaged input and the like);
-	// nil: the logger given to SetLogger.
+	// nil: the logger given to SetLogger. Messages about a call that was canceled go to Debug.
 	Log *slog.Logger
-
-	// path overrides which upsampler bilinear and bicubic take (tests and benchmarks compare them).
-	path upsamplePath
-	// output overrides the result's format (tests compare decodes through a lossless format).
-	output Format
-	// libvipsWebP loads WebP through libvips' own loader (tests compare it with ours).
-	libvipsWebP bool
 }
-
-// upsamplePath picks the upsampler for bilinear and bicubic.
-type upsamplePath int
-
-const (
-	// pathAuto: the separable resampler for JPEG and WebP; vips_affine for PNG, where the resampler's
-	// rounding made 8x results up to 18 % larger and the encoder, not the upsampler, bounds the time
-	// (BENCHMARKS.md).
-	pathAuto upsamplePath = iota
-	pathAffine
-	pathSeparable
-)
 
 // Result describes what Upsize wrote.
 type Result struct {

@@ -11,7 +11,4 @@ int up_resample_supported(const VipsImage *in);
  * reference the caller must drop. Returns 0 or -1 with libvips' error buffer set. */
 int up_resample(VipsObject *owner, VipsImage *in, VipsImage **out, int s, int cubic);
 
-/* up_resample_runs counts up_resample calls (tests check which path ran). */
-int up_resample_runs(void);
-
 #endif

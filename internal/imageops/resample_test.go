@@ -8,8 +8,6 @@ import (
 	"image/color"
 	"math/rand"
 	"testing"
-
-	"github.com/h2non/bimg"
 )
 
 // TestResamplerMatchesAffine: the separable resampler gives vips_affine's result within rounding for
@@ -22,7 +20,8 @@ import (
 // vips_affine rounds positions to 1/64 px (VIPS_TRANSFORM_SCALE) and the resampler does not: a position
 // error of 1/128 px on each axis moves a cubic or linear interpolation by at most 2/128 of the range
 // per axis, so there they must agree within 1/32 of the range, which still fails on any shift of
-// geometry or wrong weight (tens of percent on noise).
+// geometry or wrong weight (tens of percent on noise). pathSeparable makes the upsize fail rather than
+// fall back to vips_affine, so the first of each pair did go through the resampler.
 func TestResamplerMatchesAffine(t *testing.T) {
 	const w, h = 37, 23
 	rng := rand.New(rand.NewSource(7))
@@ -59,11 +58,7 @@ func TestResamplerMatchesAffine(t *testing.T) {
 		for _, kernel := range []Kernel{"lanczos3", "linear"} {
 			for _, scale := range []int{2, 3, 4, 5, 8} {
 				t.Run(fmt.Sprintf("%s/%s/%dx", c.name, kernel, scale), func(t *testing.T) {
-					before := resamplerRuns()
 					fast := decode(t, upsizeVia(t, src, scale, kernel, pathSeparable))
-					if resamplerRuns() != before+1 {
-						t.Fatal("the separable resampler did not run")
-					}
 					ref := decode(t, upsizeVia(t, src, scale, kernel, pathAffine))
 					if fast.Bounds() != ref.Bounds() || fast.Bounds().Dx() != w*scale || fast.Bounds().Dy() != h*scale {
 						t.Fatalf("bounds %v, affine %v", fast.Bounds(), ref.Bounds())
@@ -107,8 +102,8 @@ func pixelDiff(a, b color.Color, alpha bool) int {
 func upsizeVia(t *testing.T, src []byte, scale int, kernel Kernel, path upsamplePath) []byte {
 	t.Helper()
 	var out bytes.Buffer
-	p := Params{Scale: scale, Kernel: kernel, Encoding: Encoding{PNGLevel: 1}, path: path}
-	if _, err := Upsize(context.Background(), src, &out, p); err != nil {
+	p := Params{Scale: scale, Kernel: kernel, Encoding: Encoding{PNGLevel: 1}}
+	if _, err := upsizeWith(context.Background(), src, &out, p, options{path: path}); err != nil {
 		t.Fatal(err)
 	}
 	return out.Bytes()
@@ -127,11 +122,11 @@ func BenchmarkResampler(b *testing.B) {
 				for _, path := range []upsamplePath{pathAffine, pathSeparable} {
 					name := map[upsamplePath]string{pathAffine: "affine", pathSeparable: "separable"}[path]
 					b.Run(fmt.Sprintf("%s-%d-%dx/%s", f, side, scale, name), func(b *testing.B) {
-						p := Params{Scale: scale, Kernel: "lanczos3", Encoding: cliEncoding, path: path}
+						p := Params{Scale: scale, Kernel: "lanczos3", Encoding: cliEncoding}
 						var out countingWriter
 						for i := 0; i < b.N; i++ {
 							out.n = 0
-							if _, err := Upsize(context.Background(), srcs[f], &out, p); err != nil {
+							if _, err := upsizeWith(context.Background(), srcs[f], &out, p, options{path: path}); err != nil {
 								b.Fatal(err)
 							}
 						}
@@ -144,28 +139,34 @@ func BenchmarkResampler(b *testing.B) {
 }
 
 // TestUpsamplerChoice: JPEG and WebP results go through the separable resampler, PNG results through
-// vips_affine, and nearest through neither.
+// vips_affine (upsamplerFor), and nearest through neither: each default upsize gives the bytes of the
+// path forced by options and not those of the other.
 func TestUpsamplerChoice(t *testing.T) {
-	img := photoLike(24, 16, 3)
-	webp, err := bimg.NewImage(encPNG(t, img)).Convert(bimg.WEBP)
-	if err != nil {
-		t.Fatal(err)
+	if upsamplerFor(JPEG) != upsampleSeparable || upsamplerFor(WebP) != upsampleSeparable || upsamplerFor(PNG) != upsampleAffine {
+		t.Fatal("upsamplerFor: want the resampler for JPEG and WebP, vips_affine for PNG")
 	}
+	img := photoLike(24, 16, 3)
 	for _, c := range []struct {
-		name      string
-		src       []byte
-		kernel    Kernel
-		separable bool
+		name   string
+		src    []byte
+		kernel Kernel
+		path   upsamplePath // pathAuto: neither
 	}{
-		{"jpeg", encJPEG(t, img, 90), "lanczos3", true},
-		{"webp", webp, "linear", true},
-		{"png", encPNG(t, img), "lanczos3", false},
-		{"jpeg-nearest", encJPEG(t, img, 90), "nearest", false},
+		{"jpeg", encJPEG(t, img, 90), "lanczos3", pathSeparable},
+		{"webp", encWebP(t, img), "lanczos3", pathSeparable},
+		{"png", encPNG(t, img), "lanczos3", pathAffine},
+		{"jpeg-nearest", encJPEG(t, img, 90), "nearest", pathAuto},
 	} {
-		before := resamplerRuns()
-		upsize(t, c.src, 4, c.kernel)
-		if got := resamplerRuns() != before; got != c.separable {
-			t.Errorf("%s: separable resampler ran: %v, want %v", c.name, got, c.separable)
+		var def, sep, aff bytes.Buffer
+		for out, o := range map[*bytes.Buffer]options{&def: {}, &sep: {path: pathSeparable}, &aff: {path: pathAffine}} {
+			if _, err := upsizeWith(context.Background(), c.src, out, Params{Scale: 4, Kernel: c.kernel, Encoding: DefaultEncoding}, o); err != nil {
+				t.Fatalf("%s: %v", c.name, err)
+			}
+		}
+		isSep, isAff := bytes.Equal(def.Bytes(), sep.Bytes()), bytes.Equal(def.Bytes(), aff.Bytes())
+		want := map[upsamplePath][2]bool{pathSeparable: {true, false}, pathAffine: {false, true}, pathAuto: {true, true}}[c.path]
+		if [2]bool{isSep, isAff} != want {
+			t.Errorf("%s: the result is the resampler's: %v, vips_affine's: %v; want %v", c.name, isSep, isAff, want)
 		}
 	}
 }

@@ -28,8 +28,8 @@ func TestKillableSourceDecodesAsLibvips(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			var ours bytes.Buffer
-			p := Params{Scale: 1, Kernel: "nearest", Encoding: Encoding{PNGLevel: 1}, output: PNG}
-			if _, err := Upsize(context.Background(), src, &ours, p); err != nil {
+			p := Params{Scale: 1, Kernel: "nearest", Encoding: Encoding{PNGLevel: 1}}
+			if _, err := upsizeWith(context.Background(), src, &ours, p, options{output: PNG}); err != nil {
 				t.Fatal(err)
 			}
 			ref, err := bimg.NewImage(src).Convert(bimg.PNG)

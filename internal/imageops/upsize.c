@@ -8,6 +8,7 @@
 
 #include "upsize.h"
 #include "resample.h"
+#include "webpsave.h"
 #include "_cgo_export.h"
 
 /* The logger handle of the evaluation this thread is working for (0: none). libvips logs from its
@@ -24,8 +25,10 @@ static void log_cb(const gchar *domain, GLogLevelFlags level, const gchar *messa
 
 static void webp_hook_workers(void);
 
-void up_init(int vips_concurrency) {
+int up_init(int vips_concurrency) {
 	webp_hook_workers();
+	/* Failing that, WebP results are encoded in-process (webpsave.c says what a cancel then does). */
+	int encoder = up_webp_start_encoder() ? (errno ? errno : EIO) : 0;
 	g_log_set_handler("VIPS", G_LOG_LEVEL_MASK | G_LOG_FLAG_FATAL | G_LOG_FLAG_RECURSION, log_cb, NULL);
 	/* Worker memory must stay flat: glibc's default of 8 arenas per core fragments badly under
 	 * libvips' thread pools. Two arenas keep RSS bounded at no measurable speed cost. */
@@ -36,6 +39,7 @@ void up_init(int vips_concurrency) {
 	vips_cache_set_max_files(0);
 	if (vips_concurrency > 0)
 		vips_concurrency_set(vips_concurrency);
+	return encoder;
 }
 
 static char *take_error(const char *what) {
@@ -115,12 +119,12 @@ typedef struct {
 
 static VipsImage *load_webp(const void *buf, size_t len, const up_input *in);
 
-/* load starts the loader for the sniffed format (no sniffing here: Go did it). fail_on error turns a
- * damaged file into an error instead of grey pixels. WebP decodes here, whole, before anything else
- * (load_webp below). */
+/* load starts the loader for the sniffed format (no sniffing here: Go did it), sequential: decoding
+ * overlaps the rest of the pipeline. fail_on error turns a damaged file into an error instead of grey
+ * pixels. WebP decodes here, whole, before anything else (load_webp below). */
 static VipsImage *load(const void *buf, size_t len, const up_input *in, Load *l) {
 	VipsImage *out = NULL;
-	VipsAccess access = in->sequential ? VIPS_ACCESS_SEQUENTIAL : VIPS_ACCESS_RANDOM;
+	VipsAccess access = VIPS_ACCESS_SEQUENTIAL;
 	if (in->format == UP_WEBP) {
 		if (!in->libvips_webp)
 			return load_webp(buf, len, in);
@@ -298,9 +302,6 @@ static int webp_decode(const WebPData *fragment, VipsImage *out, int x, int y, i
 	return result;
 }
 
-static int webp_decodes;
-int up_webp_decodes(void) { return g_atomic_int_get(&webp_decodes); }
-
 static VipsImage *load_webp(const void *buf, size_t len, const up_input *in) {
 	VipsImage *header = NULL, *out = NULL;
 	WebPDemuxer *demux = NULL;
@@ -334,7 +335,6 @@ static VipsImage *load_webp(const void *buf, size_t len, const up_input *in) {
 	if (vips_image_write_prepare(out) ||
 		webp_decode(&frame.fragment, out, frame.x_offset, frame.y_offset, frame.width, frame.height, in))
 		goto done;
-	g_atomic_int_inc(&webp_decodes);
 	ok = 1;
 
 done:
@@ -398,6 +398,30 @@ static int stage(VipsImage *in, VipsImage **out, const up_input *inp) {
 	return 0;
 }
 
+/* decode_whole decodes in, through the stage, into an image that holds every pixel: the decode runs in
+ * the evaluation's threads with the call's log tag and kill checks. libvips' own random-access load
+ * would do the same decode in a thread pool of its own that neither reaches (its messages went to the
+ * global logger). The copy is where libvips' random-access load would put it (libvips' foreign.c,
+ * vips_foreign_load_temp): in memory up to the disc threshold (100 MB unless VIPS_DISC_THRESHOLD says
+ * otherwise), in a temporary file, deleted on close, above: the same memory as libvips' own load. */
+static int decode_whole(VipsImage *in, VipsImage **out, const up_input *inp) {
+	VipsImage *staged = NULL, *whole;
+	if ((guint64) VIPS_IMAGE_SIZEOF_IMAGE(in) > vips_get_disc_threshold())
+		whole = vips_image_new_temp_file("%s.v");
+	else
+		whole = vips_image_new_memory();
+	if (!whole)
+		return -1;
+	int fail = stage(in, &staged, inp) || vips_image_write(staged, whole) || vips_image_pio_input(whole);
+	VIPS_UNREF(staged);
+	if (fail) {
+		g_object_unref(whole);
+		return -1;
+	}
+	*out = whole;
+	return 0;
+}
+
 /* ---- Upsize ---- */
 
 static gint64 write_cb(VipsTargetCustom *target, const void *data, gint64 length, void *user) {
@@ -416,12 +440,14 @@ static VipsInterpolate *interpolator(int interp) {
 
 /* upsample enlarges by an integer factor with pixel centres aligned: output pixel X samples input
  * position (X + 0.5) / s - 0.5, and samples outside the image copy the edge (no dark border).
- * Bilinear and bicubic go through the separable resampler (resample.c) unless p->affine asks for
- * libvips' general affine path (Go decides, per output format), which the others always take. */
-static int upsample(VipsObject *owner, VipsImage *in, VipsImage **out, int s, int interp, int affine) {
+ * Bilinear and bicubic go through the separable resampler (resample.c) when upsampler says so (Go
+ * decides, per output format: vips.go, upsamplerFor); the other interpolators, and pixel formats the
+ * resampler does not handle, through libvips' general affine path. */
+static int upsample(VipsObject *owner, VipsImage *in, VipsImage **out, int s, int interp, int upsampler) {
 	if (interp == 0)
 		return vips_zoom(in, out, s, s, NULL);
-	if ((interp == 1 || interp == 2) && !affine && up_resample_supported(in))
+	if ((interp == 1 || interp == 2) && upsampler != UP_UPSAMPLE_AFFINE &&
+		(up_resample_supported(in) || upsampler == UP_UPSAMPLE_SEPARABLE_ONLY))
 		return up_resample(owner, in, out, s, interp == 2);
 
 	VipsInterpolate *ip = interpolator(interp);
@@ -441,8 +467,8 @@ static int upsample(VipsObject *owner, VipsImage *in, VipsImage **out, int s, in
 	return r;
 }
 
-static int save(VipsImage *img, VipsTarget *target, int format, const up_params *p) {
-	switch (format) {
+static int save(VipsImage *img, VipsTarget *target, const up_params *p, const up_input *in) {
+	switch (p->format) {
 	case UP_JPEG:
 		return vips_jpegsave_target(img, target, "Q", p->jpeg_q, "strip", p->strip, NULL);
 	case UP_PNG:
@@ -451,9 +477,11 @@ static int save(VipsImage *img, VipsTarget *target, int format, const up_params 
 			"filter", p->png_adaptive ? VIPS_FOREIGN_PNG_FILTER_ALL : VIPS_FOREIGN_PNG_FILTER_NONE,
 			"strip", p->strip, NULL);
 	case UP_WEBP:
-		return vips_webpsave_target(img, target, "Q", p->webp_q, "effort", p->webp_effort, "strip", p->strip, NULL);
+		if (p->libvips_webpsave)
+			return vips_webpsave_target(img, target, "Q", p->webp_q, "effort", p->webp_effort, "strip", p->strip, NULL);
+		return up_webpsave(img, target, p->webp_q, p->webp_effort, p->strip, in->kill, p->webp_in_process);
 	}
-	vips_error("upsize", "unknown output format %d", format);
+	vips_error("upsize", "unknown output format %d", p->format);
 	return -1;
 }
 
@@ -462,38 +490,45 @@ int up_upsize(const void *buf, size_t len, const up_input *in, const up_params *
 	uintptr_t saved_tag = log_tag;
 	log_tag = in->log; /* the header read and the save's set-up run on this thread */
 	VipsImage *base = vips_image_new();
-	VipsImage **t = (VipsImage **) vips_object_local_array(VIPS_OBJECT(base), 4);
+	VipsImage **t = (VipsImage **) vips_object_local_array(VIPS_OBJECT(base), 5);
 	VipsTargetCustom *target = NULL;
 	Load l = {0};
 
-	/* Rotated images load with random access: libvips then decodes the whole image in a pool of its
-	 * own threads, which the stage does not reach (their messages go to the global logger; the
-	 * source still stops them when killed). */
 	if (!(t[0] = load(buf, len, in, &l))) {
 		*err = take_error(killed(in) ? "canceled" : "load");
 		goto done;
 	}
-	if (vips_autorot(t[0], &t[1], NULL)) {
+	/* A rotation reads its input in another order than it writes: decode the whole image first
+	 * (WebP already is). */
+	VipsImage *upright = t[0];
+	if (vips_image_get_orientation(t[0]) > 1 && (in->format != UP_WEBP || in->libvips_webp)) {
+		if (decode_whole(t[0], &t[1], in)) {
+			*err = take_error(killed(in) ? "canceled" : "load");
+			goto done;
+		}
+		upright = t[1];
+	}
+	if (vips_autorot(upright, &t[2], NULL)) {
 		*err = take_error("autorot");
 		goto done;
 	}
-	if (upsample(VIPS_OBJECT(base), t[1], &t[2], p->scale, p->interp, p->affine)) {
+	if (upsample(VIPS_OBJECT(base), t[2], &t[3], p->scale, p->interp, p->upsampler)) {
 		*err = take_error("upsample");
 		goto done;
 	}
-	if (stage(t[2], &t[3], in)) {
+	if (stage(t[3], &t[4], in)) {
 		*err = take_error("stage");
 		goto done;
 	}
 
 	target = vips_target_custom_new();
 	g_signal_connect(target, "write", G_CALLBACK(write_cb), (void *) p->sink);
-	if (save(t[3], VIPS_TARGET(target), p->format, p)) {
+	if (save(t[4], VIPS_TARGET(target), p, in)) {
 		*err = take_error("save");
 		goto done;
 	}
-	*out_w = t[3]->Xsize;
-	*out_h = t[3]->Ysize;
+	*out_w = t[4]->Xsize;
+	*out_h = t[4]->Ysize;
 	result = 0;
 
 done:

@@ -1,12 +1,11 @@
 package imageops
 
 /*
-#cgo pkg-config: vips libwebp libwebpdemux
+#cgo pkg-config: vips libwebp libwebpdemux libwebpmux
 #cgo CFLAGS: -O3
 #include <stdlib.h>
 #include <glib.h>
 #include "upsize.h"
-#include "resample.h"
 */
 import "C"
 
@@ -18,6 +17,7 @@ import (
 	"runtime/cgo"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"unsafe"
 
 	"github.com/h2non/bimg"
@@ -31,21 +31,38 @@ var logger atomic.Pointer[slog.Logger]
 // SetLogger sends libvips' messages to l (by default they are dropped after Init).
 func SetLogger(l *slog.Logger) { logger.Store(l) }
 
+// callLog is what libvips' messages about one call need: the call's logger (nil: the one given to
+// SetLogger) and whether the call was killed.
+type callLog struct {
+	log    *slog.Logger
+	killed *atomic.Bool
+}
+
 //export upGoLog
 func upGoLog(level C.int, msg *C.char, tag C.uintptr_t) {
-	// tag is the handle of the logger of the call the message belongs to, when libvips emitted it on
+	// tag is the handle of the callLog of the call the message belongs to, when libvips emitted it on
 	// a thread working for one (upsize.c, log_tag).
 	l := logger.Load()
+	killed := false
 	if tag != 0 {
-		l = cgo.Handle(tag).Value().(*slog.Logger)
+		cl := cgo.Handle(tag).Value().(*callLog)
+		if cl.log != nil {
+			l = cl.log
+		}
+		killed = cl.killed.Load()
 	}
 	if l == nil {
 		return
 	}
 	lvl := slog.LevelWarn
-	if level&(C.G_LOG_LEVEL_ERROR|C.G_LOG_LEVEL_CRITICAL) != 0 {
+	switch {
+	case killed:
+		// Once a call is killed its decoder and encoder complain that their reads and writes are
+		// refused ("not enough data"): the consequence of a cancel, which is no error.
+		lvl = slog.LevelDebug
+	case level&(C.G_LOG_LEVEL_ERROR|C.G_LOG_LEVEL_CRITICAL) != 0:
 		lvl = slog.LevelError
-	} else if level&(C.G_LOG_LEVEL_INFO|C.G_LOG_LEVEL_DEBUG) != 0 {
+	case level&(C.G_LOG_LEVEL_INFO|C.G_LOG_LEVEL_DEBUG) != 0:
 		lvl = slog.LevelDebug
 	}
 	l.Log(context.Background(), lvl, "libvips", "message", C.GoString(msg))
@@ -53,12 +70,21 @@ func upGoLog(level C.int, msg *C.char, tag C.uintptr_t) {
 
 // Init configures libvips once per process: operation cache off, malloc arenas bounded, libvips' log
 // into SetLogger's logger, and the number of threads one libvips evaluation may use (0 keeps the
-// current setting). bimg starts libvips itself when the package loads.
+// current setting). It also starts the process WebP results are encoded in (webpsave.c): call it
+// before any image work, while no other goroutine uses libvips. bimg starts libvips itself when the
+// package loads.
 func Init(vipsConcurrency int) {
 	initOnce.Do(func() {
 		bimg.VipsCacheSetMax(0)
 		bimg.VipsCacheSetMaxMem(0)
-		C.up_init(C.int(vipsConcurrency))
+		if errno := C.up_init(C.int(vipsConcurrency)); errno != 0 {
+			l := logger.Load()
+			if l == nil {
+				l = slog.Default()
+			}
+			l.Warn("imageops: the WebP encoder process did not start: WebP results are encoded in-process, where a cancel waits for libwebp's progress steps",
+				"err", syscall.Errno(errno))
+		}
 	})
 }
 
@@ -91,7 +117,7 @@ func upGoWrite(h C.uintptr_t, data unsafe.Pointer, n C.longlong) C.longlong {
 var formatCodes = map[Format]C.int{JPEG: C.UP_JPEG, PNG: C.UP_PNG, WebP: C.UP_WEBP}
 
 // call is what one C call needs beside the bytes: the kill flag and the scan offsets in C memory
-// (libvips threads read them while Go may move its own memory), the logger's handle.
+// (libvips threads read them while Go may move its own memory), the handle of its callLog.
 type call struct {
 	in     C.up_input
 	killed atomic.Bool
@@ -102,10 +128,9 @@ type call struct {
 
 // newCall prepares a call on an input of format f. The kill flag is set when ctx is done; the caller
 // must call free.
-func newCall(ctx context.Context, f Format, layout *jpegLayout, sequential bool, log *slog.Logger) *call {
+func newCall(ctx context.Context, f Format, layout *jpegLayout, log *slog.Logger) *call {
 	c := &call{}
 	c.in.format = formatCodes[f]
-	c.in.sequential = boolC(sequential)
 	kill := (*C.int)(C.calloc(1, C.size_t(unsafe.Sizeof(C.int(0)))))
 	c.in.kill = kill
 	if n := len(layout.sos); n > 0 {
@@ -115,10 +140,8 @@ func newCall(ctx context.Context, f Format, layout *jpegLayout, sequential bool,
 		}
 		c.in.sos, c.in.nsos = &sos[0], C.int(n)
 	}
-	if log != nil {
-		c.logH = cgo.NewHandle(log)
-		c.in.log = C.uintptr_t(c.logH)
-	}
+	c.logH = cgo.NewHandle(&callLog{log: log, killed: &c.killed})
+	c.in.log = C.uintptr_t(c.logH)
 	c.fired = make(chan struct{})
 	c.stop = context.AfterFunc(ctx, func() {
 		defer close(c.fired)
@@ -136,9 +159,7 @@ func (c *call) free() {
 	if c.in.sos != nil {
 		C.free(unsafe.Pointer(c.in.sos))
 	}
-	if c.logH != 0 {
-		c.logH.Delete()
-	}
+	c.logH.Delete()
 }
 
 // Upsize enlarges src by p.Scale and streams the encoded result, in src's format, into dst.
@@ -148,8 +169,53 @@ func (c *call) free() {
 // evaluation is aborted, decode included: at the decoder's next read of input (every 4 KB, and before
 // every JPEG scan), between the chunks a WebP is decoded in (about 20 ms of decoding each) or at its
 // next macroblock row, or at the next tile, whichever comes first (see the package documentation for
-// what is left). Upsize then returns ctx.Err().
+// what is left); a WebP result's encoder within milliseconds (its process is ended). Upsize then
+// returns ctx.Err().
 func Upsize(ctx context.Context, src []byte, dst io.Writer, p Params) (Result, error) {
+	return upsizeWith(ctx, src, dst, p, options{})
+}
+
+// upsamplePath picks the upsampler for bilinear and bicubic.
+type upsamplePath int
+
+const (
+	// pathAuto: upsamplerFor's choice.
+	pathAuto upsamplePath = iota
+	// pathAffine: vips_affine.
+	pathAffine
+	// pathSeparable: the separable resampler, and an error where it cannot run.
+	pathSeparable
+)
+
+// upsamplerFor is how bilinear and bicubic enlarge for a result in format out: through the separable
+// resampler (resample.c) for JPEG and WebP, falling back to vips_affine for pixel formats it does not
+// handle; through vips_affine for PNG, where the resampler's rounding made 8x results up to 18 % larger
+// and the encoder, not the upsampler, bounds the time (docs/imageops.md, "The resampler").
+func upsamplerFor(out Format) int {
+	if out == PNG {
+		return upsampleAffine
+	}
+	return upsampleSeparable
+}
+
+// The upsamplers (upsize.h, UP_UPSAMPLE_*).
+const (
+	upsampleAffine        = C.UP_UPSAMPLE_AFFINE
+	upsampleSeparable     = C.UP_UPSAMPLE_SEPARABLE
+	upsampleSeparableOnly = C.UP_UPSAMPLE_SEPARABLE_ONLY
+)
+
+// options change an upsize for tests and benchmarks, which compare paths. Upsize passes none.
+type options struct {
+	path   upsamplePath
+	output Format // the result's format instead of the source's (tests compare decodes through PNG)
+	// libvipsWebP loads WebP through libvips' own loader; libvipsWebPSave saves WebP results through
+	// libvips' own saver; webpInProcess encodes them with ours, in this process (webpsave.c).
+	libvipsWebP, libvipsWebPSave, webpInProcess bool
+}
+
+// upsizeWith is Upsize changed by o.
+func upsizeWith(ctx context.Context, src []byte, dst io.Writer, p Params, o options) (Result, error) {
 	info, layout, err := probe(src)
 	if err != nil {
 		return Result{}, err
@@ -168,8 +234,8 @@ func Upsize(ctx context.Context, src []byte, dst io.Writer, p Params) (Result, e
 		return Result{}, ErrTooLarge
 	}
 	out := info.Format
-	if p.output != "" {
-		out = p.output
+	if o.output != "" {
+		out = o.output
 	}
 	// The encoder would refuse it too, but only once the image is decoded (WebP decodes whole first).
 	if max(info.Width, info.Height)*p.Scale > out.MaxSide() {
@@ -179,26 +245,34 @@ func Upsize(ctx context.Context, src []byte, dst io.Writer, p Params) (Result, e
 		return Result{}, err
 	}
 
-	c := newCall(ctx, info.Format, &layout, info.Orientation <= 1, p.Log)
+	c := newCall(ctx, info.Format, &layout, p.Log)
 	defer c.free()
-	c.in.libvips_webp = boolC(p.libvipsWebP)
+	c.in.libvips_webp = boolC(o.libvipsWebP)
 	s := &sink{w: dst, killed: &c.killed}
 	h := cgo.NewHandle(s)
 	defer h.Delete()
 
 	e := p.Encoding
 	cp := C.up_params{
-		format:       formatCodes[out],
-		scale:        C.int(p.Scale),
-		interp:       C.int(interp),
-		jpeg_q:       C.int(e.JPEGQuality),
-		png_level:    C.int(e.PNGLevel),
-		png_adaptive: boolC(e.PNGAdaptive),
-		webp_q:       C.int(e.WebPQuality),
-		webp_effort:  C.int(e.WebPEffort),
-		strip:        boolC(e.StripMetadata),
-		affine:       boolC(p.path == pathAffine || (p.path == pathAuto && out == PNG)),
-		sink:         C.uintptr_t(h),
+		format:           formatCodes[out],
+		scale:            C.int(p.Scale),
+		interp:           C.int(interp),
+		jpeg_q:           C.int(e.JPEGQuality),
+		png_level:        C.int(e.PNGLevel),
+		png_adaptive:     boolC(e.PNGAdaptive),
+		webp_q:           C.int(e.WebPQuality),
+		webp_effort:      C.int(e.WebPEffort),
+		strip:            boolC(e.StripMetadata),
+		upsampler:        C.int(upsamplerFor(out)),
+		libvips_webpsave: boolC(o.libvipsWebPSave),
+		webp_in_process:  boolC(o.webpInProcess),
+		sink:             C.uintptr_t(h),
+	}
+	switch o.path {
+	case pathAffine:
+		cp.upsampler = upsampleAffine
+	case pathSeparable:
+		cp.upsampler = upsampleSeparableOnly
 	}
 	var w, hgt C.int
 	var cerr *C.char
@@ -236,7 +310,7 @@ func Validate(ctx context.Context, src []byte, log *slog.Logger) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	c := newCall(ctx, f, &layout, true, log)
+	c := newCall(ctx, f, &layout, log)
 	defer c.free()
 	var cerr *C.char
 	if C.up_validate(unsafe.Pointer(unsafe.SliceData(src)), C.size_t(len(src)), &c.in, &cerr) != 0 {
@@ -249,12 +323,6 @@ func Validate(ctx context.Context, src []byte, log *slog.Logger) error {
 	}
 	return nil
 }
-
-// resamplerRuns counts the upsizes that went through the separable resampler (resample.c).
-func resamplerRuns() int { return int(C.up_resample_runs()) }
-
-// webpDecodes counts the WebP frames decoded by our incremental loader (upsize.c, load_webp).
-func webpDecodes() int { return int(C.up_webp_decodes()) }
 
 func boolC(b bool) C.int {
 	if b {

@@ -80,10 +80,10 @@ func BenchmarkVersusVipsCLI(b *testing.B) {
 }
 
 // The same encoder settings on both sides: JPEG Q90; PNG compression 4 with adaptive filtering
-// (libvips' filter=248 is all five PNG filters, what PNGAdaptive selects).
+// (libvips' filter=248 is all five PNG filters, what PNGAdaptive selects); WebP Q90 at effort 4.
 var (
-	cliEncoding    = Encoding{JPEGQuality: 90, PNGLevel: 4, PNGAdaptive: true}
-	cliSaveOptions = map[Format]string{JPEG: "[Q=90]", PNG: "[compression=4,filter=248]"}
+	cliEncoding    = Encoding{JPEGQuality: 90, PNGLevel: 4, PNGAdaptive: true, WebPQuality: 90, WebPEffort: 4}
+	cliSaveOptions = map[Format]string{JPEG: "[Q=90]", PNG: "[compression=4,filter=248]", WebP: "[Q=90,effort=4]"}
 )
 
 // upsizeToFile is one image through imageops as the comparisons measure it: Upsize streaming into a
@@ -157,9 +157,10 @@ func upsizeOnly(spec string) int {
 //
 // Both run with VIPS_CONCURRENCY=1 and without libvips' optional modules (VIPSHOME points nowhere):
 // libjxl's SIMD library executes RDTSCP, which valgrind 3.19 cannot run, and neither side needs a
-// module for JPEG or PNG. For the same reason Go's runtime is told not to use RDTSCP, and not to preempt
-// goroutines with signals, on which callgrind trips. Under callgrind a case takes 50-100 times its
-// native time (the twelve cases: about 10 minutes on 2 cores).
+// module for JPEG, PNG or WebP. For the same reason Go's runtime is told not to use RDTSCP, and not to
+// preempt goroutines with signals, on which callgrind trips. Every process is counted: a WebP result is
+// encoded in a process of its own (webpsave.c). Under callgrind a case takes 50-100 times its native
+// time (the fourteen cases: about 15 minutes on 2 cores).
 //
 //	go test -run '^$' -bench VersusVipsCLIInstructions -benchtime 1x -timeout 60m ./internal/imageops/
 func BenchmarkVersusVipsCLIInstructions(b *testing.B) {
@@ -182,11 +183,20 @@ func BenchmarkVersusVipsCLIInstructions(b *testing.B) {
 		cmd := exec.Command(valgrind, append([]string{"--tool=callgrind", "--callgrind-out-file=/dev/null", name}, args...)...)
 		cmd.Env = append(slices.Clip(env), extraEnv)
 		out, err := cmd.CombinedOutput()
-		m := collected.FindSubmatch(out)
-		if err != nil || m == nil {
+		// One count per process (the encoder server and the WebP encoders it forks too).
+		ms := collected.FindAllSubmatch(out, -1)
+		if err != nil || ms == nil {
 			return 0, fmt.Errorf("callgrind %s %v: %v\n%s", name, args, err, out)
 		}
-		return strconv.ParseInt(string(m[1]), 10, 64)
+		var total int64
+		for _, m := range ms {
+			n, err := strconv.ParseInt(string(m[1]), 10, 64)
+			if err != nil {
+				return 0, err
+			}
+			total += n
+		}
+		return total, nil
 	}
 	ours := func(in string, scale int) (int64, error) {
 		out := filepath.Join(dir, fmt.Sprintf("ours-%d-%s", scale, filepath.Base(in)))
@@ -200,45 +210,61 @@ func BenchmarkVersusVipsCLIInstructions(b *testing.B) {
 	tiny := map[Format]string{
 		JPEG: writeFile(b, dir, "tiny.jpeg", encJPEG(b, photoLike(1, 1, 0), 90)),
 		PNG:  writeFile(b, dir, "tiny.png", encPNG(b, photoLike(1, 1, 0))),
+		WebP: writeFile(b, dir, "tiny.webp", encWebP(b, photoLike(1, 1, 0))),
 	}
-	for _, side := range []int{512, 1024} {
+	// WebP encodes cost about ten times JPEG's: its cases stop at 4 MP out.
+	for _, c := range []struct {
+		side   int
+		f      Format
+		scales []int
+	}{
+		{512, JPEG, []int{2, 4, 8}}, {512, PNG, []int{2, 4, 8}}, {1024, JPEG, []int{2, 4, 8}}, {1024, PNG, []int{2, 4, 8}},
+		{512, WebP, []int{2, 4}},
+	} {
+		side, f := c.side, c.f
 		img := photoLike(side, side, int64(side))
-		srcs := map[Format][]byte{JPEG: encJPEG(b, img, 90), PNG: encPNG(b, img)}
-		for _, f := range []Format{JPEG, PNG} {
-			in := writeFile(b, dir, fmt.Sprintf("in-%d.%s", side, f), srcs[f])
-			for _, scale := range []int{2, 4, 8} {
-				b.Run(fmt.Sprintf("%s-%d-%dx", f, side, scale), func(b *testing.B) {
-					// Counts do not vary between runs: one measurement whatever b.N is. The four
-					// processes run two at a time (callgrind runs a process on one core).
-					var n [4]int64
-					runs := []func() (int64, error){
-						func() (int64, error) { return ours(in, scale) },
-						func() (int64, error) { return theirs(in, f, scale) },
-						func() (int64, error) { return ours(tiny[f], scale) },
-						func() (int64, error) { return theirs(tiny[f], f, scale) },
+		var src []byte
+		switch f {
+		case JPEG:
+			src = encJPEG(b, img, 90)
+		case PNG:
+			src = encPNG(b, img)
+		case WebP:
+			src = encWebP(b, img)
+		}
+		in := writeFile(b, dir, fmt.Sprintf("in-%d.%s", side, f), src)
+		for _, scale := range c.scales {
+			b.Run(fmt.Sprintf("%s-%d-%dx", f, side, scale), func(b *testing.B) {
+				// Counts do not vary between runs: one measurement whatever b.N is. The four
+				// processes run two at a time (callgrind runs a process on one core).
+				var n [4]int64
+				runs := []func() (int64, error){
+					func() (int64, error) { return ours(in, scale) },
+					func() (int64, error) { return theirs(in, f, scale) },
+					func() (int64, error) { return ours(tiny[f], scale) },
+					func() (int64, error) { return theirs(tiny[f], f, scale) },
+				}
+				errs := make(chan error, len(runs))
+				sem := make(chan struct{}, 2)
+				for i, run := range runs {
+					go func() {
+						sem <- struct{}{}
+						defer func() { <-sem }()
+						var err error
+						n[i], err = run()
+						errs <- err
+					}()
+				}
+				for range runs {
+					if err := <-errs; err != nil {
+						b.Fatal(err)
 					}
-					errs := make(chan error, len(runs))
-					sem := make(chan struct{}, 2)
-					for i, run := range runs {
-						go func() {
-							sem <- struct{}{}
-							defer func() { <-sem }()
-							var err error
-							n[i], err = run()
-							errs <- err
-						}()
-					}
-					for range runs {
-						if err := <-errs; err != nil {
-							b.Fatal(err)
-						}
-					}
-					o, th := n[0]-n[2], n[1]-n[3]
-					b.ReportMetric(float64(o)/1e6, "Minstr-upsize")
-					b.ReportMetric(float64(th)/1e6, "Minstr-vips-cli")
-					b.ReportMetric(float64(o)/float64(th), "ratio")
-				})
-			}
+				}
+				o, th := n[0]-n[2], n[1]-n[3]
+				b.ReportMetric(float64(o)/1e6, "Minstr-upsize")
+				b.ReportMetric(float64(th)/1e6, "Minstr-vips-cli")
+				b.ReportMetric(float64(o)/float64(th), "ratio")
+			})
 		}
 	}
 }
