@@ -36,7 +36,7 @@ func startRedisProc(t testing.TB, args ...string) *redisProc {
 	t.Helper()
 	path, err := exec.LookPath("redis-server")
 	if err != nil {
-		t.Skipf("redis-server: %v", err)
+		t.Fatalf("redis-server: %v (scripts/deps.sh installs it)", err)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

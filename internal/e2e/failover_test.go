@@ -11,7 +11,7 @@ package e2e
 // window. docs/faults.md has the figures.
 //
 //	go test -count=1 -run Failover -v ./internal/e2e/                          # REDIS_WAIT_REPLICAS=1
-//	FAILOVER_ROUNDS=5 go test -count=1 -run FailoverLossWindow -v ./internal/e2e/ # =0, 5 failovers
+//	FAILOVER_ROUNDS=5 go test -run '^$' -bench FailoverLossWindow -benchtime 1x -v ./internal/e2e/ # =0, 5 failovers
 //
 // One replica, and the old master restarted as a replica of the new one once sentinel has promoted
 // the replica (what a StatefulSet does with the dead pod): after the kill the new master has no replica,
@@ -48,7 +48,7 @@ import (
 
 const sentinelMaster = "upsize"
 
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -60,7 +60,7 @@ func freePort(t *testing.T) int {
 
 // redisNode is one redis-server process (a data node or a sentinel) of the test's own.
 type redisNode struct {
-	t    *testing.T
+	t    testing.TB
 	name string
 	port int
 	cmd  *exec.Cmd
@@ -71,7 +71,7 @@ type redisNode struct {
 func (n *redisNode) addr() string { return "127.0.0.1:" + strconv.Itoa(n.port) }
 
 // startNode runs redis-server with args and waits until it answers PING.
-func startNode(t *testing.T, name string, port int, args ...string) *redisNode {
+func startNode(t testing.TB, name string, port int, args ...string) *redisNode {
 	t.Helper()
 	n := &redisNode{t: t, name: name, port: port, logs: &testenv.SyncBuffer{}, done: make(chan error, 1)}
 	n.cmd = exec.Command("redis-server", args...)
@@ -109,7 +109,7 @@ func (n *redisNode) kill() {
 }
 
 // dataNode starts a master (replicaOf 0) or a replica: no persistence, full syncs sent at once.
-func dataNode(t *testing.T, name string, port, replicaOf int) *redisNode {
+func dataNode(t testing.TB, name string, port, replicaOf int) *redisNode {
 	args := []string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
 		"--repl-diskless-sync-delay", "0", "--dir", t.TempDir()}
 	if replicaOf != 0 {
@@ -129,7 +129,7 @@ type delayLink struct {
 	dropped atomic.Int64 // bytes of the master's stream that were crossing at the cut
 }
 
-func startDelayLink(t *testing.T, to string, delay time.Duration) *delayLink {
+func startDelayLink(t testing.TB, to string, delay time.Duration) *delayLink {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -199,7 +199,7 @@ func (l *delayLink) pipe(from, to net.Conn, closeBoth func(), fromMaster bool) {
 
 // sentinelSet is a master, its replica and three sentinels (quorum 2).
 type sentinelSet struct {
-	t               *testing.T
+	t               testing.TB
 	master, replica *redisNode
 	sentinels       []*redisNode
 	link            *delayLink // nil: the replica connects to the master directly
@@ -207,7 +207,7 @@ type sentinelSet struct {
 
 // startSentinelSet starts the set; with linkDelay > 0 the replica reaches the master through a
 // delayLink.
-func startSentinelSet(t *testing.T, linkDelay time.Duration) *sentinelSet {
+func startSentinelSet(t testing.TB, linkDelay time.Duration) *sentinelSet {
 	t.Helper()
 	c := &sentinelSet{t: t}
 	c.master = dataNode(t, "redis-master", freePort(t), 0)
@@ -363,7 +363,7 @@ type probeWrite struct {
 
 const probeUser = 1
 
-func startProbe(t *testing.T, url string, waitReplicas int, workers int) *probe {
+func startProbe(t testing.TB, url string, waitReplicas int, workers int) *probe {
 	t.Helper()
 	rdb, err := redisconn.Open(url, 2*workers+2)
 	if err != nil {
@@ -430,7 +430,7 @@ func percentile(ds []time.Duration, q float64) time.Duration {
 // lost lists the acknowledged writes that the new master (read directly: a client that went through
 // the failover may still answer its last dial error for a second) does not have, and counts those
 // acknowledged before the kill.
-func (p *probe) lost(t *testing.T, newMaster *redis.Client, killAt time.Time) (lost []probeWrite, total int) {
+func (p *probe) lost(t testing.TB, newMaster *redis.Client, killAt time.Time) (lost []probeWrite, total int) {
 	t.Helper()
 	ctx := context.Background()
 	for _, w := range p.acked {
@@ -477,7 +477,7 @@ type failover struct {
 
 // runFailover runs the scenario with REDIS_WAIT_REPLICAS=wait, up to the point where the failover is
 // over and the burst answered; the caller checks or measures.
-func runFailover(t *testing.T, wait int, linkDelay time.Duration) *failover {
+func runFailover(t testing.TB, wait int, linkDelay time.Duration) *failover {
 	redis.SetLogger(quietRedis{}) // the test's own clients: dial errors while the master is down are expected
 	c := startSentinelSet(t, linkDelay)
 	f := &failover{linkDelay: linkDelay}
@@ -575,7 +575,7 @@ func runFailover(t *testing.T, wait int, linkDelay time.Duration) *failover {
 	return f
 }
 
-func (f *failover) logTimeline(t *testing.T, wait int) {
+func (f *failover) logTimeline(t testing.TB, wait int) {
 	t.Helper()
 	t.Logf("REDIS_WAIT_REPLICAS=%d: master SIGKILLed %.1f s into a burst of %d upsizes (2 users, 1 API, 2 workers x 1);"+
 		" sentinels promoted the replica %.2f s after the kill; the old master, restarted as its replica, acknowledged %.2f s after the kill",
@@ -629,7 +629,7 @@ func TestFailoverSentinelMidBurst(t *testing.T) {
 // instead) or a 5xx. That outcome is legitimate here, though checkOutcomes (where no request may fail)
 // would refuse it; each is checked here, and the rest go to checkOutcomes. Their credits are not
 // charged, and the blob store must hold nothing of them, which checkOutcomes' totals check.
-func failedEnqueues(t *testing.T, reqs []*faultReq) (refunded, rest []*faultReq) {
+func failedEnqueues(t testing.TB, reqs []*faultReq) (refunded, rest []*faultReq) {
 	t.Helper()
 	for _, r := range reqs {
 		e, _ := r.final.body["error"].(map[string]any)
@@ -648,13 +648,19 @@ func failedEnqueues(t *testing.T, reqs []*faultReq) (refunded, rest []*faultReq)
 	return refunded, rest
 }
 
-// REDIS_WAIT_REPLICAS=0, FAILOVER_ROUNDS times: a measurement, not a test of a guarantee. It logs the
-// probe's acknowledged writes lost, the replication lag at the kill, and every answer of the burst that
-// the outcome after the failover contradicts.
-func TestFailoverLossWindowWithoutWait(t *testing.T) {
+// BenchmarkFailoverLossWindowWithoutWait is a measurement, not a test of a guarantee: b.N failovers with
+// REDIS_WAIT_REPLICAS=0. It logs the probe's acknowledged writes lost, the replication lag at the kill,
+// and every answer of the burst that the outcome after the failover contradicts (docs/faults.md).
+//
+// FAILOVER_ROUNDS failovers (default 5), one sub-benchmark each (so each round's processes end with it):
+//
+//	FAILOVER_ROUNDS=10 go test -run '^$' -bench FailoverLossWindow -benchtime 1x -v ./internal/e2e/
+//	(FAILOVER_LINK_DELAY: the replication link's delay each way, default 1ms; 0: no delayed link)
+func BenchmarkFailoverLossWindowWithoutWait(b *testing.B) {
+	t := b
 	rounds, _ := strconv.Atoi(os.Getenv("FAILOVER_ROUNDS"))
 	if rounds <= 0 {
-		t.Skip("a measurement: FAILOVER_ROUNDS=<n> runs it n times (FAILOVER_LINK_DELAY, default 1ms; 0: no delayLink)")
+		rounds = 5
 	}
 	delay := time.Millisecond
 	if d, err := time.ParseDuration(os.Getenv("FAILOVER_LINK_DELAY")); err == nil {
@@ -662,7 +668,7 @@ func TestFailoverLossWindowWithoutWait(t *testing.T) {
 	}
 	lostTotal, ackedTotal, contradictions := 0, 0, 0
 	for i := range rounds {
-		t.Run(fmt.Sprintf("round-%d", i+1), func(t *testing.T) {
+		t.Run(fmt.Sprintf("round-%d", i+1), func(t *testing.B) {
 			f := runFailover(t, 0, delay)
 			open := outcomes(f.api, f.reqs, time.Now().Add(60*time.Second))
 			bad := contradicted(f)

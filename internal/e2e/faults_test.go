@@ -189,7 +189,7 @@ func fire(api *proc, reqs []*faultReq, began time.Time) *sync.WaitGroup {
 	return &wg
 }
 
-func waitGroup(t *testing.T, wg *sync.WaitGroup, within time.Duration, what string) {
+func waitGroup(t testing.TB, wg *sync.WaitGroup, within time.Duration, what string) {
 	t.Helper()
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
@@ -212,7 +212,7 @@ func is5xx(r *faultReq) bool { return r.upErr == nil && r.up.status >= 500 }
 
 // settle polls GET /api/requests until every request has an outcome (for an upsize answered 5xx: an
 // outcome, or no trace at all), failing the test for each one still open at the deadline.
-func settle(t *testing.T, api *proc, reqs []*faultReq, deadline time.Time) {
+func settle(t testing.TB, api *proc, reqs []*faultReq, deadline time.Time) {
 	t.Helper()
 	open := append([]*faultReq(nil), reqs...)
 	for len(open) > 0 {
@@ -246,7 +246,7 @@ func settle(t *testing.T, api *proc, reqs []*faultReq, deadline time.Time) {
 // checkOutcomes checks each request's answers against its outcome, the result images, resends, credits
 // and the blob directory; it returns counts for the figures. downOK: the test kills Redis, so an upsize or
 // a cancel may have answered a 5xx envelope.
-func checkOutcomes(t *testing.T, s *service, api *proc, users []*faultUser, reqs []*faultReq, downOK bool) map[string]int {
+func checkOutcomes(t testing.TB, s *service, api *proc, users []*faultUser, reqs []*faultReq, downOK bool) map[string]int {
 	t.Helper()
 	n := map[string]int{}
 	spent := map[*faultUser]int{}
@@ -378,7 +378,7 @@ func checkOutcomes(t *testing.T, s *service, api *proc, users []*faultUser, reqs
 }
 
 // checkResult reads a completed request's image: metadata, then bytes, decoded in full.
-func checkResult(t *testing.T, api *proc, r *faultReq) {
+func checkResult(t testing.TB, api *proc, r *faultReq) {
 	t.Helper()
 	id := imageID(r.final)
 	wantRes := fmt.Sprintf("%dx%d", r.img.w*r.factor(), r.img.h*r.factor())
@@ -439,7 +439,7 @@ func queueLeft(ctx context.Context, rdb *redis.Client) (left, archived int64, er
 
 // waitQueueEmpty waits until asynq holds no task, and checks that it gave up on none; it returns when
 // the queues were seen empty.
-func waitQueueEmpty(t *testing.T, rdb *redis.Client, deadline time.Time) time.Time {
+func waitQueueEmpty(t testing.TB, rdb *redis.Client, deadline time.Time) time.Time {
 	t.Helper()
 	for {
 		left, archived, err := queueLeft(context.Background(), rdb)
@@ -457,7 +457,7 @@ func waitQueueEmpty(t *testing.T, rdb *redis.Client, deadline time.Time) time.Ti
 	}
 }
 
-func redisClient(t *testing.T, url string) *redis.Client {
+func redisClient(t testing.TB, url string) *redis.Client {
 	t.Helper()
 	o, err := redis.ParseURL(url)
 	if err != nil {
@@ -468,7 +468,7 @@ func redisClient(t *testing.T, url string) *redis.Client {
 	return c
 }
 
-func alive(t *testing.T, ps ...*proc) {
+func alive(t testing.TB, ps ...*proc) {
 	t.Helper()
 	for _, p := range ps {
 		select {
@@ -479,7 +479,7 @@ func alive(t *testing.T, ps ...*proc) {
 	}
 }
 
-func logFigures(t *testing.T, n map[string]int) {
+func logFigures(t testing.TB, n map[string]int) {
 	t.Helper()
 	keys := make([]string, 0, len(n))
 	for k := range n {
@@ -491,7 +491,7 @@ func logFigures(t *testing.T, n map[string]int) {
 	}
 }
 
-func newRand(t *testing.T) *rand.Rand {
+func newRand(t testing.TB) *rand.Rand {
 	seed := uint64(time.Now().UnixNano())
 	if s := os.Getenv("FAULTS_SEED"); s != "" {
 		seed, _ = strconv.ParseUint(s, 10, 64)
@@ -596,7 +596,7 @@ func TestFaultsKillWorkerMidBurst(t *testing.T) {
 
 // redisServer is a redis-server of the test's own, with AOF fsynced on every write.
 type redisServer struct {
-	t    *testing.T
+	t    testing.TB
 	path string
 	port int
 	dir  string
@@ -605,7 +605,7 @@ type redisServer struct {
 	done chan error
 }
 
-func startRedis(t *testing.T) *redisServer {
+func startRedis(t testing.TB) *redisServer {
 	t.Helper()
 	path, err := exec.LookPath("redis-server")
 	if err != nil {
@@ -669,7 +669,7 @@ func (r *redisServer) kill() {
 }
 
 // waitReady polls a process's /readyz until 200 and returns when it was seen.
-func waitReady(t *testing.T, p *proc, within time.Duration) time.Time {
+func waitReady(t testing.TB, p *proc, within time.Duration) time.Time {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for {

@@ -15,7 +15,7 @@ import (
 )
 
 // rssKB reads a field of /proc/<pid>/status (VmRSS, VmHWM) in kB.
-func rssKB(t *testing.T, pid int, field string) int64 {
+func rssKB(t testing.TB, pid int, field string) int64 {
 	t.Helper()
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {

@@ -125,7 +125,7 @@ func TestObjectStoreFaults(t *testing.T) {
 }
 
 // waitRunning waits until the request is running in a worker.
-func waitRunning(t *testing.T, e *testenv.Env, userID int64, rid string) {
+func waitRunning(t testing.TB, e *testenv.Env, userID int64, rid string) {
 	t.Helper()
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 		if req, err := e.Registry.Get(context.Background(), userID, rid); err == nil && req.State == cancel.Running {
@@ -138,7 +138,7 @@ func waitRunning(t *testing.T, e *testenv.Env, userID int64, rid string) {
 }
 
 // finalAnswer waits for the request's outcome and returns it as the upsize would have answered it.
-func finalAnswer(t *testing.T, e *testenv.Env, key, rid string) *testenv.Resp {
+func finalAnswer(t testing.TB, e *testenv.Env, key, rid string) *testenv.Resp {
 	t.Helper()
 	for deadline := time.Now().Add(3 * time.Minute); ; time.Sleep(100 * time.Millisecond) {
 		r := e.RequestState(key, rid)

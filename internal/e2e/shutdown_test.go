@@ -43,7 +43,7 @@ func TestMain(m *testing.M) {
 
 // proc is a running binary.
 type proc struct {
-	t    *testing.T
+	t    testing.TB
 	name string
 	cmd  *exec.Cmd
 	addr string
@@ -52,13 +52,13 @@ type proc struct {
 }
 
 // start runs a binary with env on a free port and waits for it to announce its address.
-func start(t *testing.T, name string, env map[string]string) *proc {
+func start(t testing.TB, name string, env map[string]string) *proc {
 	t.Helper()
 	return startFrom(t, bin, name, env)
 }
 
 // startFrom is start for a binary built into dir.
-func startFrom(t *testing.T, dir, name string, env map[string]string) *proc {
+func startFrom(t testing.TB, dir, name string, env map[string]string) *proc {
 	t.Helper()
 	p := &proc{t: t, name: name, logs: &testenv.SyncBuffer{}, done: make(chan error, 1)}
 	p.cmd = exec.Command(filepath.Join(dir, name))
@@ -117,12 +117,12 @@ func (p *proc) stop(within time.Duration) {
 
 // service is a Redis database and a blob directory shared by the processes of a test.
 type service struct {
-	t     *testing.T
+	t     testing.TB
 	env   map[string]string
 	token string
 }
 
-func newService(t *testing.T) *service {
+func newService(t testing.TB) *service {
 	rdb := testredis.Redis(t)
 	token := "e2e-admin"
 	return &service{t: t, token: token, env: map[string]string{
@@ -146,7 +146,7 @@ type answer struct {
 	body   map[string]any
 }
 
-func call(t *testing.T, method, url string, hdr map[string]string, body []byte, ct string) answer {
+func call(t testing.TB, method, url string, hdr map[string]string, body []byte, ct string) answer {
 	t.Helper()
 	req, _ := http.NewRequest(method, url, bytes.NewReader(body))
 	if ct != "" {
@@ -191,13 +191,13 @@ func (s *service) credits(api *proc, uid int64) int {
 	return int(a.body["user"].(map[string]any)["credits"].(float64))
 }
 
-func upsize(t *testing.T, api *proc, key string, image int64, scale, rid string) answer {
+func upsize(t testing.TB, api *proc, key string, image int64, scale, rid string) answer {
 	return call(t, "POST", fmt.Sprintf("http://%s/api/images/%d/upsize", api.addr, image),
 		map[string]string{"X-Api-Key": key, "X-Request-Id": rid}, []byte(`{"scaleSize":"`+scale+`"}`), "application/json")
 }
 
 // waitState polls GET /api/requests/{rid} (through whichever API is up) until the state is reached.
-func waitState(t *testing.T, api *proc, key, rid, state string, within time.Duration) answer {
+func waitState(t testing.TB, api *proc, key, rid, state string, within time.Duration) answer {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for {
@@ -330,7 +330,7 @@ func TestAPISIGTERMWithWaitingRequests(t *testing.T) {
 	}
 }
 
-func waitAnyRunning(t *testing.T, api *proc, key string, rids ...string) {
+func waitAnyRunning(t testing.TB, api *proc, key string, rids ...string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()

@@ -42,13 +42,18 @@ func main() {
 				}
 				continue
 			}
-			b := outputs[key]
+			// A subtest's output goes to its top-level test too: a failing test shows all of it.
+			top := e.Package + " " + strings.SplitN(e.Test, "/", 2)[0]
+			b := outputs[top]
 			if b == nil {
 				b = &strings.Builder{}
-				outputs[key] = b
+				outputs[top] = b
 			}
 			b.WriteString(e.Output)
 		case "pass", "fail", "skip":
+			if strings.Contains(e.Test, "/") {
+				continue // a subtest: its test's line says it all, and its output is its test's
+			}
 			out := outputs[key]
 			delete(outputs, key)
 			if e.Test == "" {
@@ -57,9 +62,6 @@ func main() {
 					failedPkgs++
 				}
 				continue
-			}
-			if strings.Contains(e.Test, "/") {
-				continue // a subtest: its test's line says it all
 			}
 			counts[e.Action]++
 			fmt.Printf("  %-4s %s (%.2fs)\n", strings.ToUpper(e.Action), e.Test, e.Elapsed)
