@@ -145,8 +145,10 @@ func TestCancelDuringFlatWebPDecode(t *testing.T) {
 				if !errors.Is(err, context.Canceled) {
 					t.Errorf("%s: err = %v, want context.Canceled", name, err)
 				}
-				if d > full/4 {
-					t.Errorf("%s returned %s after the cancel, want within a quarter of the whole Validate (%s)", name, d, full)
+				// Uninterrupted, it would return about full-20ms after the cancel; half leaves room for a
+				// loaded machine's scheduling.
+				if d > full/2 {
+					t.Errorf("%s returned %s after the cancel, want within half the whole Validate (%s)", name, d, full)
 				}
 			}
 		})
