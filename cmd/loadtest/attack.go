@@ -17,6 +17,7 @@ import (
 // plan is one upsize request, drawn before it is sent.
 type plan struct {
 	RequestID   string
+	Group       string // a scenario's name for the request's role ("heavy-burst", "lone", …); "" in the mix
 	Account     *account
 	Source      source
 	Scale       string
@@ -101,9 +102,9 @@ func newTransport() *http.Transport {
 	return t
 }
 
-func (t *tracker) targeter(base string, p *planner) vegeta.Targeter {
+func (t *tracker) targeter(base string, next func() *plan) vegeta.Targeter {
 	return func(tgt *vegeta.Target) error {
-		pl := p.next()
+		pl := next()
 		t.mu.Lock()
 		t.drawn[pl.RequestID] = pl
 		t.mu.Unlock()
@@ -162,36 +163,87 @@ func (t *tracker) plans() []*plan {
 	return out
 }
 
-// runner is one attack's moving parts.
+// runner is one run's moving parts: it sends waves of upsizes and gives each request an outcome.
 type runner struct {
-	ctx     context.Context
-	cfg     *config
-	rec     *recorder
-	api     *http.Client // cancels and follow-ups, beside vegeta's client
-	tracker *tracker
-	bg      sync.WaitGroup // cancels and follow-ups in flight
+	ctx   context.Context
+	cfg   *config
+	rec   *recorder
+	api   *http.Client   // cancels and follow-ups, beside vegeta's client
+	first firstAnswerLog // vegeta's view of every first answer, over all waves
+	bg    sync.WaitGroup // cancels in flight
 }
 
-// attack sends the upsizes with vegeta and gives every one an outcome; it returns once all have one
-// and every cancel is over. The metrics are vegeta's, of the first answers.
+func newRunner(ctx context.Context, cfg *config, rec *recorder) *runner {
+	return &runner{ctx: ctx, cfg: cfg, rec: rec, api: &http.Client{Transport: newTransport(), Timeout: 30 * time.Second}}
+}
+
+// wave is one vegeta attack of a run: where its requests come from, their pace, and how many vegeta
+// workers send them.
+type wave struct {
+	name     string
+	next     func() *plan
+	pacer    vegeta.Pacer
+	duration time.Duration // 0: until the pacer stops
+	// workers at the start (0: vegeta's default) and at most (0: no bound). A burst has one per
+	// request; a closed loop has one, at most.
+	workers, maxWorkers uint64
+	// ended, if set, sees each request of the wave with its outcome.
+	ended func(request)
+}
+
+// attack sends the upsizes of the mix with vegeta and gives every one an outcome; it returns once all
+// have one and every cancel is over. The metrics are vegeta's, of the first answers.
 func attack(ctx context.Context, cfg *config, fl fleet, rec *recorder) (vegeta.Metrics, []*plan) {
-	r := &runner{ctx: ctx, cfg: cfg, rec: rec, api: &http.Client{Transport: newTransport(), Timeout: 30 * time.Second}}
-	r.tracker = newTracker(ctx, cfg.Timeout, r.sent)
-	opts := []func(*vegeta.Attacker){vegeta.Client(&http.Client{Transport: r.tracker})}
+	r := newRunner(ctx, cfg, rec)
+	pacer, duration := pace(cfg)
+	w := wave{name: "upsize", next: newPlanner(cfg, fl).next, pacer: pacer, duration: duration}
 	if cfg.Burst {
-		opts = append(opts, vegeta.Workers(uint64(cfg.N))) // one worker per request: all leave at once
+		w.workers = uint64(cfg.N) // one worker per request: all leave at once
+	}
+	plans := r.send(w)
+	r.bg.Wait()
+	return r.first.close(), plans
+}
+
+// send runs a wave and returns once every request it sent has an outcome (its cancels may still be
+// under way: r.bg).
+func (r *runner) send(w wave) []*plan {
+	tr := newTracker(r.ctx, r.cfg.Timeout, r.sent)
+	opts := []func(*vegeta.Attacker){vegeta.Client(&http.Client{Transport: tr})}
+	if w.workers > 0 {
+		opts = append(opts, vegeta.Workers(w.workers))
+	}
+	if w.maxWorkers > 0 {
+		opts = append(opts, vegeta.MaxWorkers(w.maxWorkers))
 	}
 	atk := vegeta.NewAttacker(opts...)
-	defer context.AfterFunc(ctx, func() { atk.Stop() })()
-	pacer, duration := pace(cfg)
-	var m vegeta.Metrics
-	for res := range atk.Attack(r.tracker.targeter(cfg.Base.String(), newPlanner(cfg, fl)), pacer, duration, "upsize") {
-		m.Add(res)
-		r.handle(res)
+	defer context.AfterFunc(r.ctx, func() { atk.Stop() })()
+	var follows sync.WaitGroup
+	for res := range atk.Attack(tr.targeter(r.cfg.Base.String(), w.next), w.pacer, w.duration, w.name) {
+		r.first.add(res)
+		r.handle(tr, res, &follows, w.ended)
 	}
-	r.bg.Wait()
-	m.Close()
-	return m, r.tracker.plans()
+	follows.Wait()
+	return tr.plans()
+}
+
+// firstAnswerLog collects vegeta's metrics of the first answers; waves may run at once.
+type firstAnswerLog struct {
+	mu sync.Mutex
+	m  vegeta.Metrics
+}
+
+func (f *firstAnswerLog) add(res *vegeta.Result) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.m.Add(res)
+}
+
+func (f *firstAnswerLog) close() vegeta.Metrics {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.m.Close()
+	return f.m
 }
 
 // pace is -n at once with -burst, else -rate per second for -duration.
@@ -207,6 +259,18 @@ type burstPacer struct{ n uint64 }
 
 func (b burstPacer) Pace(_ time.Duration, hits uint64) (time.Duration, bool) { return 0, hits >= b.n }
 func (b burstPacer) Rate(time.Duration) float64                              { return math.Inf(1) }
+
+// loopPacer paces a closed loop (a wave of one vegeta worker at most, so that each request leaves once
+// the one before has its first answer): it stops after n requests (n > 0), or once stop is closed.
+type loopPacer struct {
+	n    uint64
+	stop <-chan struct{}
+}
+
+func (l loopPacer) Pace(_ time.Duration, hits uint64) (time.Duration, bool) {
+	return 0, (l.n > 0 && hits >= l.n) || isClosed(l.stop)
+}
+func (l loopPacer) Rate(time.Duration) float64 { return math.Inf(1) }
 
 // sent runs as a request leaves.
 func (r *runner) sent(p *plan) {
@@ -238,29 +302,37 @@ func (r *runner) cancel(p *plan) string {
 	return strconv.Itoa(code) + " " + reason(body)
 }
 
-// handle records an upsize's first answer, or follows it when it is a 202.
-func (r *runner) handle(res *vegeta.Result) {
-	p := r.tracker.plan(res.Seq)
+// handle records an upsize's first answer, or follows it (in follows) when it is a 202; ended, if set,
+// sees the request with its outcome.
+func (r *runner) handle(tr *tracker, res *vegeta.Result, follows *sync.WaitGroup, ended func(request)) {
+	done := func(req request, wasOpen bool) {
+		r.rec.add(req, wasOpen)
+		if ended != nil {
+			ended(req)
+		}
+	}
+	p := tr.plan(res.Seq)
 	if p == nil { // vegeta gave up before the request left: nothing was sent, nothing is open
-		r.rec.add(request{Sent: res.Timestamp, Latency: res.Latency, Outcome: transportError, Reason: res.Error}, false)
+		done(request{Sent: res.Timestamp, Latency: res.Latency, Outcome: transportError, Reason: res.Error}, false)
 		return
 	}
 	req := request{
-		RequestID: p.RequestID, Plan: p.Account.Plan, Size: p.Source.Size, Format: p.Source.Format,
-		Scale: p.Scale, CancelPlanned: p.Cancel, Sent: res.Timestamp, Latency: res.Latency, FirstCode: int(res.Code),
+		RequestID: p.RequestID, Group: p.Group, UserID: p.Account.ID, Plan: p.Account.Plan, Size: p.Source.Size,
+		Format: p.Source.Format, Scale: p.Scale, CancelPlanned: p.Cancel, Sent: res.Timestamp, Latency: res.Latency,
+		FirstCode: int(res.Code),
 	}
 	req.Outcome, req.Reason = classify(res)
 	if res.Code == 0 && r.ctx.Err() != nil {
 		req.Outcome = interrupted
 	}
 	if req.Outcome != accepted {
-		r.rec.add(req, true)
+		done(req, true)
 		return
 	}
-	r.bg.Go(func() {
+	follows.Go(func() {
 		req.Outcome, req.Reason = r.follow(p)
 		req.Latency = time.Since(req.Sent)
-		r.rec.add(req, true)
+		done(req, true)
 	})
 }
 

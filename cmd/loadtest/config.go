@@ -11,9 +11,12 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"upsize/internal/jobs"
 )
 
 // config is one run's settings, from the flags.
@@ -42,7 +45,37 @@ type config struct {
 	MaxDuration    time.Duration
 	Seed           uint64
 	Out            string
+	// Scenario, when set, replaces the mix above (-burst, -rate, -sizes, -scales, -free-share,
+	// -cancel-share) with one of the scenarios of scenario.go.
+	Scenario     string
+	Heavy        jobSpec  // heavy-burst-small-stream: the burst's upsize
+	HeavyN       int      // … how many of it at once
+	Small        jobSpec  // … the stream's upsize
+	SmallN       int      // … how many the idle phase sends, one after another
+	Phases       []string // … which phases run, in order (phasesAll)
+	Large        jobSpec  // fairness: the upsize every user sends
+	BacklogUsers int      // … users who each send BacklogN at once
+	BacklogN     int
+	LoneUsers    int  // … users who each send one once the backlog is queued
+	Trials       int  // … how many times, with new users each time
+	KeepBacklog  bool // … let the backlog run to the end instead of canceling it once the lone requests end
 }
+
+// The scenarios (docs/loadtest.md, "Scenarios").
+const (
+	scenarioHeavyBurst = "heavy-burst-small-stream"
+	scenarioFairness   = "fairness"
+)
+
+// The phases of heavy-burst-small-stream: the small stream alone, the heavy burst with the stream, and
+// the heavy burst alone.
+const (
+	phaseIdle  = "idle"
+	phaseBurst = "burst"
+	phaseHeavy = "heavy"
+)
+
+var phasesAll = []string{phaseIdle, phaseBurst, phaseHeavy}
 
 func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	fs := flag.NewFlagSet("loadtest", flag.ContinueOnError)
@@ -78,6 +111,18 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&c.MaxDuration, "max-duration", 30*time.Minute, "the whole run stops after this long, report included")
 	fs.Uint64Var(&c.Seed, "seed", 0, "seed of the request mix (0: a random one; the report names it)")
 	fs.StringVar(&c.Out, "out", "report.json", "JSON report; the Markdown report and the SVG chart go next to it (.md, .svg)")
+	fs.StringVar(&c.Scenario, "scenario", "", "run a scenario instead of the mix: "+scenarioHeavyBurst+" or "+scenarioFairness+" (docs/loadtest.md)")
+	heavy := fs.String("heavy", "1024x1024:png:8x:noise", "heavy-burst-small-stream: the burst's upsize, <width>x<height>:<png|jpeg>:<scale>[:noise|gradient]")
+	fs.IntVar(&c.HeavyN, "heavy-n", 12, "heavy-burst-small-stream: heavy upsizes sent at once")
+	small := fs.String("small", "64x64:jpeg:2x", "heavy-burst-small-stream: the small stream's upsize")
+	fs.IntVar(&c.SmallN, "small-n", 40, "heavy-burst-small-stream: small upsizes of the idle phase, one after another (during the burst the stream runs until the burst ends)")
+	phases := fs.String("phases", strings.Join(phasesAll, ","), "heavy-burst-small-stream: phases to run, in order: idle (the stream alone), burst (the burst with the stream), heavy (the burst alone)")
+	large := fs.String("large", "1024x1024:png:4x", "fairness: the upsize every user sends (must be large: estimated over jobs.SmallWork)")
+	fs.IntVar(&c.BacklogUsers, "backlog-users", 1, "fairness: users who each send -backlog-n upsizes at once")
+	fs.IntVar(&c.BacklogN, "backlog-n", 100, "fairness: upsizes of each backlog user")
+	fs.IntVar(&c.LoneUsers, "lone-users", 1, "fairness: users who each send one upsize once the backlog is queued")
+	fs.IntVar(&c.Trials, "trials", 1, "fairness: trials, each with new users")
+	fs.BoolVar(&c.KeepBacklog, "keep-backlog", false, "fairness: let the backlog run to its end (by default what is still open is canceled once the lone requests have their outcome)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -102,6 +147,18 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	if c.Costs, err = parseCosts(*costs); err != nil {
 		return nil, fmt.Errorf("-costs: %w", err)
 	}
+	for _, f := range []struct {
+		name string
+		raw  string
+		to   *jobSpec
+	}{{"-heavy", *heavy, &c.Heavy}, {"-small", *small, &c.Small}, {"-large", *large, &c.Large}} {
+		if *f.to, err = parseJobSpec(f.raw); err != nil {
+			return nil, fmt.Errorf("%s: %w", f.name, err)
+		}
+	}
+	if c.Phases, err = parsePhases(*phases); err != nil {
+		return nil, fmt.Errorf("-phases: %w", err)
+	}
 	return c, c.check()
 }
 
@@ -121,7 +178,51 @@ func (c *config) check() error {
 		c.SampleInterval <= 0 || c.DrainTimeout < 0 || c.MaxDuration <= 0:
 		return errors.New("durations must be positive")
 	}
-	return nil
+	return c.checkScenario()
+}
+
+// checkScenario refuses a scenario whose upsizes would not test what it is about: the classes come from
+// the service's own work model (policy.DefaultWork) and threshold (jobs.SmallWork).
+func (c *config) checkScenario() error {
+	switch c.Scenario {
+	case "":
+		return nil
+	case scenarioHeavyBurst:
+		switch {
+		case c.HeavyN < 1 || c.SmallN < 1:
+			return errors.New("-heavy-n and -small-n must be at least 1")
+		case c.Heavy.small():
+			return fmt.Errorf("-heavy %s is estimated at %s, a small task (at most jobs.SmallWork, %s): it would not hold the general slots", c.Heavy, c.Heavy.estimate(), jobs.SmallWork)
+		case !c.Small.small():
+			return fmt.Errorf("-small %s is estimated at %s, a large task (over jobs.SmallWork, %s): it would not use the slot kept for small tasks", c.Small, c.Small.estimate(), jobs.SmallWork)
+		}
+		return nil
+	case scenarioFairness:
+		switch {
+		case c.BacklogUsers < 1 || c.BacklogN < 1 || c.LoneUsers < 1 || c.Trials < 1:
+			return errors.New("-backlog-users, -backlog-n, -lone-users and -trials must be at least 1")
+		case c.Large.small():
+			return fmt.Errorf("-large %s is estimated at %s, a small task (at most jobs.SmallWork, %s): small tasks have no lanes", c.Large, c.Large.estimate(), jobs.SmallWork)
+		}
+		return nil
+	}
+	return fmt.Errorf("-scenario %q is not %s or %s", c.Scenario, scenarioHeavyBurst, scenarioFairness)
+}
+
+// parsePhases reads "idle,burst,heavy" (any of them, each once, in the order given).
+func parsePhases(s string) ([]string, error) {
+	var out []string
+	for p := range strings.SplitSeq(s, ",") {
+		p = strings.TrimSpace(p)
+		if !slices.Contains(phasesAll, p) {
+			return nil, fmt.Errorf("%q is not one of %s", p, strings.Join(phasesAll, ", "))
+		}
+		if slices.Contains(out, p) {
+			return nil, fmt.Errorf("%q given twice", p)
+		}
+		out = append(out, p)
+	}
+	return out, nil
 }
 
 // parseBase refuses a host that is not loopback unless allowRemote: a load test sent to a shared or

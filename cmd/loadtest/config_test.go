@@ -3,8 +3,12 @@ package main
 import (
 	"io"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"upsize/internal/jobs"
 )
 
 func TestParseBaseOnlyLoopbackByDefault(t *testing.T) {
@@ -109,5 +113,90 @@ func TestMixPicksByWeight(t *testing.T) {
 	sizes, err := parseMix("256x256,1024x512:3", parseSize)
 	if err != nil || sizes[0] != (choice{"256x256", 1}) || sizes[1] != (choice{"1024x512", 3}) {
 		t.Fatalf("sizes: %v %v", sizes, err)
+	}
+}
+
+func TestParseJobSpec(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want jobSpec
+		str  string
+	}{
+		{"1024x1024:png:8x:noise", jobSpec{1024, 1024, "png", "8x", patternNoise}, "1024x1024:png:8x:noise"},
+		{"64x48:jpeg:2x", jobSpec{64, 48, "jpeg", "2x", patternGradient}, "64x48:jpeg:2x"},
+		{"512x512:png:4x:gradient", jobSpec{512, 512, "png", "4x", patternGradient}, "512x512:png:4x"},
+	} {
+		got, err := parseJobSpec(tc.in)
+		if err != nil || got != tc.want || got.String() != tc.str {
+			t.Errorf("parseJobSpec(%q) = %+v, %v (%q)", tc.in, got, err, got.String())
+		}
+	}
+	for _, bad := range []string{"", "1024x1024", "1024x1024:png", "1024:png:2x", "64x64:gif:2x", "64x64:png:3x",
+		"64x64:png:2x:stripes", "64x64:png:2x:noise:extra", "0x64:png:2x"} {
+		if j, err := parseJobSpec(bad); err == nil {
+			t.Errorf("parseJobSpec(%q) accepted: %+v", bad, j)
+		}
+	}
+}
+
+// The classes come from the service's own model: these are the scenarios' defaults and the near misses
+// that make them what they are.
+func TestJobSpecClass(t *testing.T) {
+	for _, tc := range []struct {
+		spec        string
+		estimate    time.Duration
+		class       string
+		first, more string
+	}{
+		{"1024x1024:png:8x:noise", 8*time.Millisecond + 60*time.Millisecond*67108864/1e6, "large", jobs.QueuePaid, jobs.QueuePaidMore},
+		{"1024x1024:png:4x", 8*time.Millisecond + 60*time.Millisecond*16777216/1e6, "large", jobs.QueuePaid, jobs.QueuePaidMore},
+		{"512x512:png:4x", 8*time.Millisecond + 60*time.Millisecond*4194304/1e6, "small", jobs.QueuePaidSmall, ""},
+		{"1024x1024:jpeg:8x", 8*time.Millisecond + 12*time.Millisecond*67108864/1e6, "small", jobs.QueuePaidSmall, ""},
+		{"64x64:jpeg:2x", 8*time.Millisecond + 12*time.Millisecond*16384/1e6, "small", jobs.QueuePaidSmall, ""},
+	} {
+		j, err := parseJobSpec(tc.spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		first, more := j.queues()
+		if j.estimate() != tc.estimate || j.class() != tc.class || first != tc.first || more != tc.more {
+			t.Errorf("%s: estimate %v (want %v), class %s, queues %s %s", tc.spec, j.estimate(), tc.estimate, j.class(), first, more)
+		}
+	}
+}
+
+func TestParseConfigScenario(t *testing.T) {
+	t.Setenv("ADMIN_TOKEN", "x")
+	cfg, err := parseConfig([]string{"-scenario", "heavy-burst-small-stream", "-phases", "burst,idle"}, io.Discard)
+	if err != nil || cfg.Heavy.String() != "1024x1024:png:8x:noise" || cfg.HeavyN != 12 || cfg.Small.String() != "64x64:jpeg:2x" ||
+		cfg.SmallN != 40 || !slices.Equal(cfg.Phases, []string{"burst", "idle"}) {
+		t.Fatalf("heavy-burst-small-stream defaults: %+v %v", cfg, err)
+	}
+	cfg, err = parseConfig([]string{"-scenario", "fairness", "-backlog-users", "3", "-backlog-n", "30", "-trials", "5"}, io.Discard)
+	if err != nil || cfg.Large.String() != "1024x1024:png:4x" || cfg.BacklogUsers != 3 || cfg.BacklogN != 30 || cfg.LoneUsers != 1 ||
+		cfg.Trials != 5 || cfg.KeepBacklog || !slices.Equal(cfg.Phases, phasesAll) {
+		t.Fatalf("fairness: %+v %v", cfg, err)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-scenario", "stampede"}, "is not heavy-burst-small-stream or fairness"},
+		{[]string{"-scenario", "heavy-burst-small-stream", "-heavy", "512x512:png:4x"}, "a small task"},
+		{[]string{"-scenario", "heavy-burst-small-stream", "-small", "1024x1024:png:4x"}, "a large task"},
+		{[]string{"-scenario", "heavy-burst-small-stream", "-heavy-n", "0"}, "at least 1"},
+		{[]string{"-scenario", "fairness", "-large", "512x512:png:4x"}, "small tasks have no lanes"},
+		{[]string{"-scenario", "fairness", "-trials", "0"}, "at least 1"},
+		{[]string{"-phases", "idle,idle"}, "twice"},
+		{[]string{"-phases", "idle,warm"}, "is not one of"},
+		{[]string{"-heavy", "1024x1024:png"}, "-heavy"},
+	} {
+		if _, err := parseConfig(tc.args, io.Discard); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("parseConfig(%q): err %v, want %q", tc.args, err, tc.want)
+		}
+	}
+	// without -scenario the scenario flags are not checked against the classes
+	if _, err := parseConfig([]string{"-heavy", "16x16:png:2x"}, io.Discard); err != nil {
+		t.Errorf("mix run refused for a scenario flag: %v", err)
 	}
 }

@@ -28,6 +28,8 @@ const fakeAdminToken = "test-admin-token"
 type fakeAPI struct {
 	rdb  *redis.Client
 	hang bool
+	// serve, when set, makes upsizes work as the service's do (fakeserve_test.go) instead of the pattern.
+	serve *fakeScheduler
 
 	mu         sync.Mutex
 	nextID     int64
@@ -35,6 +37,7 @@ type fakeAPI struct {
 	plans      map[int64]string // user id → plan
 	owners     map[int64]int64  // image id → owner
 	uploads    map[int64][]string
+	images     map[int64]fakeImage
 	configured map[string]string // admin path → body
 	upsizes    int
 	byUser     map[int64]int
@@ -46,7 +49,7 @@ type fakeAPI struct {
 
 func newFakeAPI(rdb *redis.Client, hang bool) (*fakeAPI, http.Handler) {
 	f := &fakeAPI{rdb: rdb, hang: hang, keys: map[string]int64{}, plans: map[int64]string{}, owners: map[int64]int64{},
-		uploads: map[int64][]string{}, configured: map[string]string{}, byUser: map[int64]int{}, rids: map[string]bool{}, polls: map[string]int{}}
+		uploads: map[int64][]string{}, images: map[int64]fakeImage{}, configured: map[string]string{}, byUser: map[int64]int{}, rids: map[string]bool{}, polls: map[string]int{}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /admin/users", f.admin(f.createUser))
 	mux.HandleFunc("POST /admin/users/{id}/api-keys", f.admin(f.createKey))
@@ -161,6 +164,7 @@ func (f *fakeAPI) upload(w http.ResponseWriter, r *http.Request) {
 	id := f.nextID
 	f.owners[id] = user
 	f.uploads[user] = append(f.uploads[user], fmt.Sprintf("%dx%d.%s", cfg.Width, cfg.Height, format))
+	f.images[id] = fakeImage{cfg.Width, cfg.Height, format}
 	f.mu.Unlock()
 	answer(w, http.StatusCreated, map[string]any{"image": dto(id, cfg.Width, cfg.Height, "1x", user)})
 }
@@ -190,8 +194,13 @@ func (f *fakeAPI) upsize(w http.ResponseWriter, r *http.Request) {
 		f.problems = append(f.problems, fmt.Sprintf("upsize of image %d by user %d, body %+v (%v)", img, user, body, err))
 	}
 	queue, _ := jobs.QueuesFor(f.plans[user], 0)
+	im, plan := f.images[img], f.plans[user]
 	f.mu.Unlock()
 
+	if f.serve != nil {
+		f.serve.upsize(w, r, user, plan, rid, im, body.ScaleSize)
+		return
+	}
 	if f.hang {
 		<-r.Context().Done()
 		return
@@ -246,5 +255,9 @@ func (f *fakeAPI) cancel(w http.ResponseWriter, r *http.Request) {
 	f.cancels = append(f.cancels, fmt.Sprint(user, "/", r.Header.Get("X-Request-Id")))
 	f.mu.Unlock()
 	w.Header().Set("X-Request-Id", r.Header.Get("X-Request-Id"))
+	if f.serve != nil {
+		f.serve.cancel(w, r, user, r.Header.Get("X-Request-Id"))
+		return
+	}
 	answer(w, http.StatusOK, map[string]any{"success": true, "code": 200, "data": "canceled"})
 }

@@ -1,7 +1,8 @@
 // Command loadtest sends a burst of upsizes to a running service and reports what became of each: it
 // makes its own users, keys and images through the admin API, sends with vegeta, cancels a share of the
 // requests, follows 202 answers to their outcome, samples the queue backlog in Redis until it drains,
-// and writes a JSON and a Markdown report with an SVG chart. See docs/loadtest.md.
+// and writes a JSON and a Markdown report with an SVG chart. With -scenario it runs instead one of the
+// scenarios of the cost-aware queueing (scenario.go). See docs/loadtest.md.
 package main
 
 import (
@@ -72,9 +73,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := rdb.Ping(ctx).Err(); err != nil {
 		return fmt.Errorf("redis %s: %w", redisconn.Redact(cfg.RedisURL), err)
 	}
-	fl, err := setup(ctx, cfg, &http.Client{Timeout: time.Minute}, stderr)
-	if err != nil {
-		return fmt.Errorf("setup: %w", err)
+	var fl fleet
+	hc := &http.Client{Timeout: time.Minute}
+	if cfg.Scenario == "" {
+		if fl, err = setup(ctx, cfg, hc, stderr); err != nil {
+			return fmt.Errorf("setup: %w", err)
+		}
+	} else if cfg.Configure { // a scenario makes its users as it goes
+		if err := configure(ctx, cfg, hc); err != nil {
+			return fmt.Errorf("setup: %w", err)
+		}
 	}
 
 	res := runResult{Cfg: cfg, Started: time.Now()}
@@ -83,7 +91,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	sampled := make(chan []sample)
 	go func() { sampled <- sampleBacklog(ctx, cfg, rdb, rec, done, stderr) }()
 	fmt.Fprintf(stderr, "attack: %s against %s\n", mode(cfg), cfg.Base)
-	res.Metrics, res.Plans = attack(ctx, cfg, fl, rec)
+	var scen *scenarioReport
+	var runErr error
+	if cfg.Scenario == "" {
+		res.Metrics, res.Plans = attack(ctx, cfg, fl, rec)
+	} else {
+		res.Metrics, res.Plans, scen, runErr = runScenario(ctx, cfg, rdb, rec, stderr)
+	}
 	close(done)
 	fmt.Fprintln(stderr, "attack: every request has an outcome; waiting for the backlog to drain")
 	res.Samples = <-sampled
@@ -92,12 +106,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	res.StopReason = stopReason(ctx)
 
 	rep := buildReport(res)
+	rep.Scenario = scen
 	if err := writeReport(cfg.Out, &rep, res); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "%d requests at %.1f/s, error ratio %.3f, peak backlog %d, %s; stopped: %s; report %s\n",
 		rep.Requests, rep.AchievedRate, rep.ErrorRatio, rep.Backlog.Peak, drainText(rep.Backlog), rep.StopReason, cfg.Out)
-	return nil
+	if scen != nil {
+		fmt.Fprintln(stdout, scenarioLine(scen))
+	}
+	return runErr
 }
 
 func stopReason(ctx context.Context) string {

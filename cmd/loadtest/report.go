@@ -75,6 +75,9 @@ func writeMarkdown(w io.Writer, rep *report) error {
 	p.line("| peak backlog | %d tasks (pending + active over every queue) |", rep.Backlog.Peak)
 	p.line("| drain time | %s |", drainText(rep.Backlog))
 	p.line("")
+	if rep.Scenario != nil {
+		writeScenario(p, rep.Scenario)
+	}
 	p.line("## Outcomes")
 	p.line("")
 	p.line("Latency runs from sending an upsize to its outcome; for a 202 answer, to the moment following it saw its final state.")

@@ -233,6 +233,38 @@ func drawSource(w, h int, seed uint64) *image.RGBA {
 
 func clamp(v int) uint8 { return uint8(min(max(v, 0), 255)) }
 
+// drawNoise is independent uniform noise in every channel of every pixel: the dearest image to encode
+// after an upsize (a "noise PNG").
+func drawNoise(w, h int, seed uint64) *image.RGBA {
+	r := rand.New(rand.NewPCG(seed, 0x0153))
+	img := image.NewRGBA(image.Rect(0, 0, w, h))
+	for i := 0; i < len(img.Pix); i += 4 {
+		v := r.Uint32()
+		img.Pix[i], img.Pix[i+1], img.Pix[i+2], img.Pix[i+3] = uint8(v), uint8(v>>8), uint8(v>>16), 255
+	}
+	return img
+}
+
+// specFile draws and encodes the source image of a scenario's upsize.
+func specFile(j jobSpec) (sourceFile, error) {
+	img := drawSource(j.W, j.H, 0)
+	if j.Pattern == patternNoise {
+		img = drawNoise(j.W, j.H, 0)
+	}
+	b, err := encode(img, j.Format)
+	return sourceFile{Size: j.size(), Format: j.Format, Bytes: b}, err
+}
+
+// source is the account's uploaded image of a scenario's upsize.
+func (a *account) source(j jobSpec) (source, error) {
+	for _, s := range a.Sources[j.size()] {
+		if s.Format == j.Format {
+			return s, nil
+		}
+	}
+	return source{}, fmt.Errorf("user %d has no %s %s source", a.ID, j.size(), j.Format)
+}
+
 func encode(img image.Image, format string) ([]byte, error) {
 	var buf bytes.Buffer
 	var err error

@@ -42,6 +42,8 @@ func (o outcome) succeeded() bool {
 // request is one upsize of the run and what became of it.
 type request struct {
 	RequestID     string        `json:"requestId"`
+	Group         string        `json:"group,omitempty"` // a scenario's role of the request
+	UserID        int64         `json:"userId,omitempty"`
 	Plan          string        `json:"plan"` // the user's plan
 	Size          string        `json:"size"`
 	Format        string        `json:"format"`
@@ -83,6 +85,8 @@ type report struct {
 	Backlog      backlogStats   `json:"backlog"`
 	Cancels      cancelStats    `json:"cancels"`
 	Chart        string         `json:"chart"`
+	// Scenario is what a -scenario run measured.
+	Scenario *scenarioReport `json:"scenario,omitempty"`
 	// PerRequest is every request in sending order, to break the run down by plan, size or scale later.
 	PerRequest []request `json:"perRequest"`
 }
@@ -154,6 +158,13 @@ func buildReport(r runResult) report {
 }
 
 func mode(cfg *config) string {
+	switch cfg.Scenario {
+	case scenarioHeavyBurst:
+		return fmt.Sprintf("scenario %s (%d × %s, a stream of %s)", cfg.Scenario, cfg.HeavyN, cfg.Heavy, cfg.Small)
+	case scenarioFairness:
+		return fmt.Sprintf("scenario %s (%d user(s) × %d then %d lone, %s, %d trial(s))", cfg.Scenario,
+			cfg.BacklogUsers, cfg.BacklogN, cfg.LoneUsers, cfg.Large, cfg.Trials)
+	}
 	if cfg.Burst {
 		return fmt.Sprintf("burst of %d", cfg.N)
 	}
