@@ -207,11 +207,26 @@ func KnownKernel(name string) bool {
 	return ok
 }
 
+// PNGFilter is a set of PNG row filters, libvips' flags (VipsForeignPngFilter): with one, libpng filters
+// every row with it; with several, it tries each on every row and keeps the one whose bytes sum smallest.
+type PNGFilter int
+
+// The PNG row filters.
+const (
+	PNGFilterNone  PNGFilter = 0x08
+	PNGFilterSub   PNGFilter = 0x10
+	PNGFilterUp    PNGFilter = 0x20
+	PNGFilterAvg   PNGFilter = 0x40
+	PNGFilterPaeth PNGFilter = 0x80
+	PNGFilterAll   PNGFilter = 0xF8
+)
+
 // Encoding holds the encoder settings. The defaults are chosen and measured in docs/imageops.md.
 type Encoding struct {
 	JPEGQuality int // 1-100
 	PNGLevel    int // zlib level 0-9
-	PNGAdaptive bool
+	// PNGFilter: the row filters (0: none).
+	PNGFilter   PNGFilter
 	WebPQuality int // 1-100
 	WebPEffort  int // 0-6
 	// StripMetadata leaves ICC profile, EXIF and XMP out of the result (libvips 8.14.1's own WebP
@@ -220,7 +235,7 @@ type Encoding struct {
 }
 
 // DefaultEncoding is what the service uses unless configured otherwise.
-var DefaultEncoding = Encoding{JPEGQuality: 90, PNGLevel: 4, PNGAdaptive: true, WebPQuality: 90, WebPEffort: 4}
+var DefaultEncoding = Encoding{JPEGQuality: 90, PNGLevel: 4, PNGFilter: PNGFilterPaeth, WebPQuality: 90, WebPEffort: 4}
 
 // Params describe one upsize.
 type Params struct {

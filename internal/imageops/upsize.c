@@ -440,14 +440,20 @@ static VipsInterpolate *interpolator(int interp) {
 
 /* upsample enlarges by an integer factor with pixel centres aligned: output pixel X samples input
  * position (X + 0.5) / s - 0.5, and samples outside the image copy the edge (no dark border).
- * Bilinear and bicubic go through the separable resampler (resample.c) when upsampler says so (Go
- * decides, per output format: vips.go, upsamplerFor); the other interpolators, and pixel formats the
- * resampler does not handle, through libvips' general affine path. */
+ * Bilinear and bicubic go through the resampler (resample.c) when upsampler says so (Go decides, per
+ * output format: vips.go, upsamplerFor); the other interpolators, pixel formats the resampler does not
+ * handle, and (UP_UPSAMPLE_EXACT) factors where its result would not be vips_affine's bit for bit,
+ * through libvips' general affine path. */
 static int upsample(VipsObject *owner, VipsImage *in, VipsImage **out, int s, int interp, int upsampler) {
 	if (interp == 0)
 		return vips_zoom(in, out, s, s, NULL);
-	if ((interp == 1 || interp == 2) && upsampler != UP_UPSAMPLE_AFFINE &&
-		(up_resample_supported(in) || upsampler == UP_UPSAMPLE_SEPARABLE_ONLY))
+	int resample = 0;
+	switch (upsampler) {
+	case UP_UPSAMPLE_SEPARABLE: resample = up_resample_supported(in); break;
+	case UP_UPSAMPLE_SEPARABLE_ONLY: resample = 1; break;
+	case UP_UPSAMPLE_EXACT: resample = up_resample_exact(in, s); break;
+	}
+	if ((interp == 1 || interp == 2) && resample)
 		return up_resample(owner, in, out, s, interp == 2);
 
 	VipsInterpolate *ip = interpolator(interp);
@@ -474,7 +480,7 @@ static int save(VipsImage *img, VipsTarget *target, const up_params *p, const up
 	case UP_PNG:
 		return vips_pngsave_target(img, target,
 			"compression", p->png_level,
-			"filter", p->png_adaptive ? VIPS_FOREIGN_PNG_FILTER_ALL : VIPS_FOREIGN_PNG_FILTER_NONE,
+			"filter", p->png_filter ? p->png_filter : VIPS_FOREIGN_PNG_FILTER_NONE,
 			"strip", p->strip, NULL);
 	case UP_WEBP:
 		if (p->libvips_webpsave)

@@ -13,6 +13,7 @@ enum {
 	UP_UPSAMPLE_AFFINE = 0,         /* vips_affine */
 	UP_UPSAMPLE_SEPARABLE = 1,      /* resample.c, or vips_affine for pixel formats it does not handle */
 	UP_UPSAMPLE_SEPARABLE_ONLY = 2, /* resample.c, an error for those formats (tests: no silent fallback) */
+	UP_UPSAMPLE_EXACT = 3,          /* resample.c where its result is vips_affine's bit for bit, vips_affine elsewhere */
 };
 
 /* What one call needs beside the encoded bytes (passed apart: this struct lives in Go memory and
@@ -38,7 +39,7 @@ typedef struct {
 	int interp; /* 0 nearest (zoom), 1 bilinear, 2 bicubic, 3 nohalo, 4 lbb, 5 vsqbs */
 	int jpeg_q;
 	int png_level;
-	int png_adaptive;
+	int png_filter; /* libvips' VipsForeignPngFilter flags; 0: none */
 	int webp_q;
 	int webp_effort;
 	int strip;

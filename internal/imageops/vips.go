@@ -6,6 +6,7 @@ package imageops
 #include <stdlib.h>
 #include <glib.h>
 #include "upsize.h"
+#include "resample.h"
 */
 import "C"
 
@@ -187,13 +188,14 @@ const (
 	pathSeparable
 )
 
-// upsamplerFor is how bilinear and bicubic enlarge for a result in format out: through the separable
-// resampler (resample.c) for JPEG and WebP, falling back to vips_affine for pixel formats it does not
-// handle; through vips_affine for PNG, where the resampler's rounding made 8x results up to 18 % larger
-// and the encoder, not the upsampler, bounds the time (docs/imageops.md, "The resampler").
+// upsamplerFor is how bilinear and bicubic enlarge for a result in format out: through the resampler
+// (resample.c) for JPEG and WebP, falling back to vips_affine for pixel formats it does not handle; for
+// PNG, through the resampler where its result is vips_affine's bit for bit (every power-of-two factor,
+// so every factor the service offers), vips_affine elsewhere: a lossless result keeps the pixels of
+// libvips' own enlargement, whose rounding compresses best (docs/imageops.md, "The resampler").
 func upsamplerFor(out Format) int {
 	if out == PNG {
-		return upsampleAffine
+		return upsampleExact
 	}
 	return upsampleSeparable
 }
@@ -203,7 +205,12 @@ const (
 	upsampleAffine        = C.UP_UPSAMPLE_AFFINE
 	upsampleSeparable     = C.UP_UPSAMPLE_SEPARABLE
 	upsampleSeparableOnly = C.UP_UPSAMPLE_SEPARABLE_ONLY
+	upsampleExact         = C.UP_UPSAMPLE_EXACT
 )
+
+// resampleCount is how many upsamples the resampler has set up in this process (tests tell the paths
+// apart by it).
+func resampleCount() int { return int(C.up_resample_count()) }
 
 // options change an upsize for tests and benchmarks, which compare paths. Upsize passes none.
 type options struct {
@@ -259,7 +266,7 @@ func upsizeWith(ctx context.Context, src []byte, dst io.Writer, p Params, o opti
 		interp:           C.int(interp),
 		jpeg_q:           C.int(e.JPEGQuality),
 		png_level:        C.int(e.PNGLevel),
-		png_adaptive:     boolC(e.PNGAdaptive),
+		png_filter:       C.int(e.PNGFilter),
 		webp_q:           C.int(e.WebPQuality),
 		webp_effort:      C.int(e.WebPEffort),
 		strip:            boolC(e.StripMetadata),

@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -79,23 +80,27 @@ func BenchmarkVersusVipsCLI(b *testing.B) {
 	}
 }
 
-// The same encoder settings on both sides: JPEG Q90; PNG compression 4 with adaptive filtering
-// (libvips' filter=248 is all five PNG filters, what PNGAdaptive selects); WebP Q90 at effort 4.
+// The same encoder settings on both sides, the service's (DefaultEncoding): JPEG Q90; PNG compression 4
+// with the Paeth filter on every row (libvips' filter=128); WebP Q90 at effort 4.
 var (
-	cliEncoding    = Encoding{JPEGQuality: 90, PNGLevel: 4, PNGAdaptive: true, WebPQuality: 90, WebPEffort: 4}
-	cliSaveOptions = map[Format]string{JPEG: "[Q=90]", PNG: "[compression=4,filter=248]", WebP: "[Q=90,effort=4]"}
+	cliEncoding    = Encoding{JPEGQuality: 90, PNGLevel: 4, PNGFilter: PNGFilterPaeth, WebPQuality: 90, WebPEffort: 4}
+	cliSaveOptions = map[Format]string{JPEG: "[Q=90]", PNG: "[compression=4,filter=128]", WebP: "[Q=90,effort=4]"}
 )
 
 // upsizeToFile is one image through imageops as the comparisons measure it: Upsize streaming into a
 // file through the same buffer size the blob store uses.
 func upsizeToFile(src []byte, out string, scale int) error {
+	return upsizeToFileWith(src, out, scale, cliEncoding, options{})
+}
+
+func upsizeToFileWith(src []byte, out string, scale int, e Encoding, o options) error {
 	fh, err := os.Create(out)
 	if err != nil {
 		return err
 	}
 	defer fh.Close()
 	bw := bufio.NewWriterSize(fh, 256<<10)
-	if _, err := Upsize(context.Background(), src, bw, Params{Scale: scale, Kernel: "lanczos3", Encoding: cliEncoding}); err != nil {
+	if _, err := upsizeWith(context.Background(), src, bw, Params{Scale: scale, Kernel: "lanczos3", Encoding: e}, o); err != nil {
 		return err
 	}
 	if err := bw.Flush(); err != nil {
@@ -119,16 +124,36 @@ func median(ds []time.Duration) time.Duration {
 }
 
 // upsizeOnlyEnv, set to "IN SCALE OUT", turns the test binary into a bare upsize process (see
-// TestMain): it upsizes the file IN into OUT and exits. BenchmarkVersusVipsCLIInstructions runs it
-// under callgrind.
+// TestMain): it upsizes the file IN into OUT with cliEncoding and exits.
+// BenchmarkVersusVipsCLIInstructions runs it under callgrind. Words after OUT change the upsize, for
+// profiling one choice against another: "affine" (vips_affine instead of the resampler),
+// "png-filter=N" (libvips' PNG filter flags, 248 for all five).
 const upsizeOnlyEnv = "IMAGEOPS_UPSIZE_ONLY"
 
 func upsizeOnly(spec string) int {
+	f := strings.Fields(spec)
 	var in, out string
 	var scale int
-	if _, err := fmt.Sscan(spec, &in, &scale, &out); err != nil {
+	if _, err := fmt.Sscan(strings.Join(f[:min(3, len(f))], " "), &in, &scale, &out); err != nil {
 		fmt.Fprintf(os.Stderr, "%s=%q: %v\n", upsizeOnlyEnv, spec, err)
 		return 2
+	}
+	e, o := cliEncoding, options{}
+	for _, w := range f[3:] {
+		switch {
+		case w == "affine":
+			o.path = pathAffine
+		case strings.HasPrefix(w, "png-filter="):
+			n, err := strconv.Atoi(strings.TrimPrefix(w, "png-filter="))
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "%s=%q: %v\n", upsizeOnlyEnv, spec, err)
+				return 2
+			}
+			e.PNGFilter = PNGFilter(n)
+		default:
+			fmt.Fprintf(os.Stderr, "%s=%q: unknown word %q\n", upsizeOnlyEnv, spec, w)
+			return 2
+		}
 	}
 	Init(1)
 	src, err := os.ReadFile(in)
@@ -136,7 +161,7 @@ func upsizeOnly(spec string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	if err := upsizeToFile(src, out, scale); err != nil {
+	if err := upsizeToFileWith(src, out, scale, e, o); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
