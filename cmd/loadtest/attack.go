@@ -169,12 +169,16 @@ type runner struct {
 	cfg   *config
 	rec   *recorder
 	api   *http.Client   // cancels and follow-ups, beside vegeta's client
+	sse   *http.Client   // event streams (-follow sse): no overall timeout, a stream lasts as long as its request
 	first firstAnswerLog // vegeta's view of every first answer, over all waves
 	bg    sync.WaitGroup // cancels in flight
 }
 
 func newRunner(ctx context.Context, cfg *config, rec *recorder) *runner {
-	return &runner{ctx: ctx, cfg: cfg, rec: rec, api: &http.Client{Transport: newTransport(), Timeout: 30 * time.Second}}
+	streams := newTransport()
+	streams.ResponseHeaderTimeout = 30 * time.Second
+	return &runner{ctx: ctx, cfg: cfg, rec: rec, api: &http.Client{Transport: newTransport(), Timeout: 30 * time.Second},
+		sse: &http.Client{Transport: streams}}
 }
 
 // wave is one vegeta attack of a run: where its requests come from, their pace, and how many vegeta
@@ -330,7 +334,9 @@ func (r *runner) handle(tr *tracker, res *vegeta.Result, follows *sync.WaitGroup
 		return
 	}
 	follows.Go(func() {
-		req.Outcome, req.Reason = r.follow(p)
+		f := r.follow(p, res.Timestamp.Add(res.Latency))
+		req.Outcome, req.Reason, req.FollowedBy, req.Reconnects = f.Outcome, f.Reason, f.By, f.Reconnects
+		req.FirstEvent, req.FinalEvent = f.FirstEvent, f.FinalEvent
 		req.Latency = time.Since(req.Sent)
 		done(req, true)
 	})

@@ -38,6 +38,7 @@ type config struct {
 	CancelShare    float64
 	CancelMaxDelay time.Duration
 	Timeout        time.Duration
+	Follow         string // how a 202 is followed: followPoll or followSSE
 	PollInterval   time.Duration
 	FollowTimeout  time.Duration
 	SampleInterval time.Duration
@@ -104,7 +105,8 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	fs.Float64Var(&c.CancelShare, "cancel-share", 0.1, "share of requests canceled after being sent")
 	fs.DurationVar(&c.CancelMaxDelay, "cancel-max-delay", 2*time.Second, "a cancel is sent at a random moment up to this long after its request")
 	fs.DurationVar(&c.Timeout, "timeout", 2*time.Minute, "HTTP timeout of one upsize (keep it above the service's UPSIZE_WAIT_TIMEOUT)")
-	fs.DurationVar(&c.PollInterval, "poll-interval", 500*time.Millisecond, "how often a 202 answer is followed up")
+	fs.StringVar(&c.Follow, "follow", followPoll, "how a 202 answer is followed: poll (GET /api/requests/{id} every -poll-interval) or sse (its event stream, polling as the fallback)")
+	fs.DurationVar(&c.PollInterval, "poll-interval", 500*time.Millisecond, "how often a 202 answer is polled (with -follow sse: once fallen back to polling)")
 	fs.DurationVar(&c.FollowTimeout, "follow-timeout", 10*time.Minute, "how long a 202 answer is followed before it counts as unresolved")
 	fs.DurationVar(&c.SampleInterval, "sample-interval", time.Second, "how often the backlog is sampled")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 5*time.Minute, "how long after the last request to wait for the backlog to drain")
@@ -117,7 +119,7 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	small := fs.String("small", "64x64:jpeg:2x", "heavy-burst-small-stream: the small stream's upsize")
 	fs.IntVar(&c.SmallN, "small-n", 40, "heavy-burst-small-stream: small upsizes of the idle phase, one after another (during the burst the stream runs until the burst ends)")
 	phases := fs.String("phases", strings.Join(phasesAll, ","), "heavy-burst-small-stream: phases to run, in order: idle (the stream alone), burst (the burst with the stream), heavy (the burst alone)")
-	large := fs.String("large", "1024x1024:png:4x", "fairness: the upsize every user sends (must be large: estimated over jobs.SmallWork)")
+	large := fs.String("large", "1280x1280:png:4x", "fairness: the upsize every user sends (must be large: estimated over jobs.SmallWork)")
 	fs.IntVar(&c.BacklogUsers, "backlog-users", 1, "fairness: users who each send -backlog-n upsizes at once")
 	fs.IntVar(&c.BacklogN, "backlog-n", 100, "fairness: upsizes of each backlog user")
 	fs.IntVar(&c.LoneUsers, "lone-users", 1, "fairness: users who each send one upsize once the backlog is queued")
@@ -172,6 +174,8 @@ func (c *config) check() error {
 		return errors.New("-rate and -duration must be positive (or use -burst)")
 	case c.FreeShare < 0 || c.FreeShare > 1 || c.CancelShare < 0 || c.CancelShare > 1:
 		return errors.New("-free-share and -cancel-share lie between 0 and 1")
+	case c.Follow != followPoll && c.Follow != followSSE:
+		return fmt.Errorf("-follow %q is not %s or %s", c.Follow, followPoll, followSSE)
 	case filepath.Ext(c.Out) != ".json":
 		return errors.New("-out names the JSON report and ends in .json (the .md and .svg go next to it)")
 	case c.CancelMaxDelay < 0 || c.Timeout <= 0 || c.PollInterval <= 0 || c.FollowTimeout <= 0 ||

@@ -71,6 +71,7 @@ func TestParseConfigChecks(t *testing.T) {
 		{"-admin-token", "x", "-poll-interval", "0s"},
 		{"-admin-token", "x", "extra"},
 		{"-admin-token", "x", "-out", "report.md"},
+		{"-admin-token", "x", "-follow", "websocket"},
 	} {
 		t.Setenv("ADMIN_TOKEN", "")
 		if _, err := parseConfig(args, io.Discard); err == nil {
@@ -86,7 +87,7 @@ func TestParseConfigDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.AdminToken != "from-env" || cfg.RedisURL != "redis://127.0.0.1:6390/0" || cfg.Configure || cfg.Seed == 0 {
+	if cfg.AdminToken != "from-env" || cfg.RedisURL != "redis://127.0.0.1:6390/0" || cfg.Configure || cfg.Seed == 0 || cfg.Follow != followPoll {
 		t.Fatalf("defaults: %+v", cfg)
 	}
 	if len(cfg.Sizes) != 3 || cfg.Costs["8x"] != 4 || cfg.Scales[0] != (choice{"2x", 70}) {
@@ -148,11 +149,11 @@ func TestJobSpecClass(t *testing.T) {
 		class       string
 		first, more string
 	}{
-		{"1024x1024:png:8x:noise", 8*time.Millisecond + 60*time.Millisecond*67108864/1e6, "large", jobs.QueuePaid, jobs.QueuePaidMore},
-		{"1024x1024:png:4x", 8*time.Millisecond + 60*time.Millisecond*16777216/1e6, "large", jobs.QueuePaid, jobs.QueuePaidMore},
-		{"512x512:png:4x", 8*time.Millisecond + 60*time.Millisecond*4194304/1e6, "small", jobs.QueuePaidSmall, ""},
-		{"1024x1024:jpeg:8x", 8*time.Millisecond + 12*time.Millisecond*67108864/1e6, "small", jobs.QueuePaidSmall, ""},
-		{"64x64:jpeg:2x", 8*time.Millisecond + 12*time.Millisecond*16384/1e6, "small", jobs.QueuePaidSmall, ""},
+		{"1024x1024:png:8x:noise", 5*time.Millisecond + 49*time.Millisecond*67108864/1e6, "large", jobs.QueuePaid, jobs.QueuePaidMore},
+		{"1280x1280:png:4x", 5*time.Millisecond + 49*time.Millisecond*26214400/1e6, "large", jobs.QueuePaid, jobs.QueuePaidMore},
+		{"1024x1024:png:4x", 5*time.Millisecond + 49*time.Millisecond*16777216/1e6, "small", jobs.QueuePaidSmall, ""},
+		{"1024x1024:jpeg:8x", 5*time.Millisecond + 4500*time.Microsecond*67108864/1e6, "small", jobs.QueuePaidSmall, ""},
+		{"64x64:jpeg:2x", 5*time.Millisecond + 4500*time.Microsecond*16384/1e6, "small", jobs.QueuePaidSmall, ""},
 	} {
 		j, err := parseJobSpec(tc.spec)
 		if err != nil {
@@ -173,7 +174,7 @@ func TestParseConfigScenario(t *testing.T) {
 		t.Fatalf("heavy-burst-small-stream defaults: %+v %v", cfg, err)
 	}
 	cfg, err = parseConfig([]string{"-scenario", "fairness", "-backlog-users", "3", "-backlog-n", "30", "-trials", "5"}, io.Discard)
-	if err != nil || cfg.Large.String() != "1024x1024:png:4x" || cfg.BacklogUsers != 3 || cfg.BacklogN != 30 || cfg.LoneUsers != 1 ||
+	if err != nil || cfg.Large.String() != "1280x1280:png:4x" || cfg.BacklogUsers != 3 || cfg.BacklogN != 30 || cfg.LoneUsers != 1 ||
 		cfg.Trials != 5 || cfg.KeepBacklog || !slices.Equal(cfg.Phases, phasesAll) {
 		t.Fatalf("fairness: %+v %v", cfg, err)
 	}
@@ -183,7 +184,7 @@ func TestParseConfigScenario(t *testing.T) {
 	}{
 		{[]string{"-scenario", "stampede"}, "is not heavy-burst-small-stream or fairness"},
 		{[]string{"-scenario", "heavy-burst-small-stream", "-heavy", "512x512:png:4x"}, "a small task"},
-		{[]string{"-scenario", "heavy-burst-small-stream", "-small", "1024x1024:png:4x"}, "a large task"},
+		{[]string{"-scenario", "heavy-burst-small-stream", "-small", "1280x1280:png:4x"}, "a large task"},
 		{[]string{"-scenario", "heavy-burst-small-stream", "-heavy-n", "0"}, "at least 1"},
 		{[]string{"-scenario", "fairness", "-large", "512x512:png:4x"}, "small tasks have no lanes"},
 		{[]string{"-scenario", "fairness", "-trials", "0"}, "at least 1"},

@@ -121,6 +121,10 @@ func TestEndToEndBurst(t *testing.T) {
 	if len(rep.PerRequest) != 40 || cancelPlanned != rep.Cancels.Planned {
 		t.Errorf("%d per-request entries, %d with a cancel planned (report: %d)", len(rep.PerRequest), cancelPlanned, rep.Cancels.Planned)
 	}
+	// the ten 202s were polled (-follow poll, the default): no event stream
+	if fs := rep.Follow; fs.Mode != followPoll || fs.Followed != 10 || fs.SSE != 0 || fs.Fallbacks != 0 || fs.FirstEvent != nil || f.streams != 0 {
+		t.Errorf("follow %+v; the fake saw %d event streams", fs, f.streams)
+	}
 	if sc := rep.FirstAnswers.StatusCodes; sc["201"] != 10 || sc["202"] != 10 || sc["409"] != 10 || sc["429"] != 10 {
 		t.Errorf("first answers %v", sc)
 	}
@@ -151,7 +155,8 @@ func TestEndToEndBurst(t *testing.T) {
 	}
 
 	md := string(readFile(t, filepath.Dir(out), "report.md"))
-	if !strings.Contains(md, "](report.svg)") || !strings.Contains(md, "| accepted_completed | 10 |") {
+	if !strings.Contains(md, "](report.svg)") || !strings.Contains(md, "| accepted_completed | 10 |") ||
+		!strings.Contains(md, "10 followed by polling `GET /api/requests/{id}` (`-follow poll`).") {
 		t.Errorf("Markdown report:\n%s", md)
 	}
 	svg := parseSVG(t, readFile(t, filepath.Dir(out), "report.svg"))

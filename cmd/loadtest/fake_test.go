@@ -23,13 +23,22 @@ const fakeAdminToken = "test-admin-token"
 // fakeAPI is the service as SPEC describes it, cut down to what the tool uses. Upsizes answer in a
 // fixed pattern (201, 202, 409, 429, again and again) and keep asynq's lists in Redis up to date the way
 // the real queue would: a 201 holds an active task while it works, a 202 leaves a pending task until
-// its request is polled twice and completes. With hang set, upsizes wait until their client gives up.
+// its request is polled twice and reaches its final state (finals, in turn: completed by default), or
+// its event stream has told it (events). With hang set, upsizes wait until their client gives up.
 // It notes everything that breaks the contract in problems.
 type fakeAPI struct {
 	rdb  *redis.Client
 	hang bool
 	// serve, when set, makes upsizes work as the service's do (fakeserve_test.go) instead of the pattern.
 	serve *fakeScheduler
+	// finals are the final states of the 202s, in turn (completed, canceled or failed); none: completed.
+	finals []string
+	// streamFaults are how the event streams of the 202s misbehave, in turn (see events); none: never.
+	streamFaults []string
+	// streamLimit bounds a user's open event streams, as the service does (maxStreamsPerUser, 8).
+	streamLimit int
+	// step is the time between two events of a stream.
+	step time.Duration
 
 	mu         sync.Mutex
 	nextID     int64
@@ -41,15 +50,19 @@ type fakeAPI struct {
 	configured map[string]string // admin path → body
 	upsizes    int
 	byUser     map[int64]int
-	rids       map[string]bool // "<user>/<request id>" of every upsize
-	polls      map[string]int  // "<user>/<request id>" of a 202 → polls so far
+	rids       map[string]bool        // "<user>/<request id>" of every upsize
+	follows    map[string]*fakeFollow // "<user>/<request id>" of a 202 → its state
+	accepted   int                    // 202s answered
+	open       map[int64]int          // user → open event streams
+	streams    int                    // event streams asked for
 	cancels    []string
 	problems   []string
 }
 
 func newFakeAPI(rdb *redis.Client, hang bool) (*fakeAPI, http.Handler) {
 	f := &fakeAPI{rdb: rdb, hang: hang, keys: map[string]int64{}, plans: map[int64]string{}, owners: map[int64]int64{},
-		uploads: map[int64][]string{}, images: map[int64]fakeImage{}, configured: map[string]string{}, byUser: map[int64]int{}, rids: map[string]bool{}, polls: map[string]int{}}
+		uploads: map[int64][]string{}, images: map[int64]fakeImage{}, configured: map[string]string{}, byUser: map[int64]int{}, rids: map[string]bool{},
+		follows: map[string]*fakeFollow{}, open: map[int64]int{}, streamLimit: 8, step: 20 * time.Millisecond}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /admin/users", f.admin(f.createUser))
 	mux.HandleFunc("POST /admin/users/{id}/api-keys", f.admin(f.createKey))
@@ -58,6 +71,7 @@ func newFakeAPI(rdb *redis.Client, hang bool) (*fakeAPI, http.Handler) {
 	mux.HandleFunc("POST /api/images", f.public(f.upload))
 	mux.HandleFunc("POST /api/images/{id}/upsize", f.public(f.upsize))
 	mux.HandleFunc("GET /api/requests/{rid}", f.public(f.request))
+	mux.HandleFunc("GET /api/requests/{rid}/events", f.public(f.events))
 	mux.HandleFunc("POST /api/images/cancel", f.public(f.cancel))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		f.problem("unexpected %s %s", r.Method, r.URL.Path)
@@ -215,7 +229,15 @@ func (f *fakeAPI) upsize(w http.ResponseWriter, r *http.Request) {
 	case 1:
 		f.rdb.RPush(ctx, jobs.PendingKey(queue), rid)
 		f.mu.Lock()
-		f.polls[fmt.Sprint(user, "/", rid)] = 0
+		fl := &fakeFollow{final: "completed"}
+		if len(f.finals) > 0 {
+			fl.final = f.finals[f.accepted%len(f.finals)]
+		}
+		if len(f.streamFaults) > 0 {
+			fl.fault = f.streamFaults[f.accepted%len(f.streamFaults)]
+		}
+		f.accepted++
+		f.follows[fmt.Sprint(user, "/", rid)] = fl
 		f.mu.Unlock()
 		answer(w, http.StatusAccepted, map[string]any{"success": true, "code": 202, "data": map[string]string{"requestId": rid}})
 	case 2:
@@ -226,27 +248,145 @@ func (f *fakeAPI) upsize(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// request is GET /api/requests/{rid}: queued for the first poll, completed from the second on.
-func (f *fakeAPI) request(w http.ResponseWriter, r *http.Request) {
+// fakeFollow is a 202's request as GET /api/requests/{rid} and its event stream see it.
+type fakeFollow struct {
+	final   string // its final state
+	fault   string // how its event streams misbehave (events)
+	polls   int
+	streams int // event streams opened
+}
+
+// body is the request's state, as GET /api/requests/{rid} answers it (and the last event carries it).
+func (fl *fakeFollow) body(rid, state string, user int64) map[string]any {
+	b := map[string]any{"requestId": rid, "state": state}
+	switch state {
+	case "completed":
+		b["image"] = dto(5000, 64, 64, "2x", user)
+	case "failed":
+		b["error"] = map[string]any{"code": 422, "data": "invalid_image"}
+	}
+	return b
+}
+
+// follow finds a 202's request, or answers 404 as the service does for an id it does not know.
+func (f *fakeAPI) follow(w http.ResponseWriter, r *http.Request, what string) (int64, string, *fakeFollow) {
 	user := r.Context().Value(userKey{}).(int64)
 	rid := r.PathValue("rid")
 	key := fmt.Sprint(user, "/", rid)
 	f.mu.Lock()
-	polls, ok := f.polls[key]
-	f.polls[key] = polls + 1
+	fl := f.follows[key]
+	f.mu.Unlock()
+	if fl == nil {
+		f.problem("%s of %s, which was not answered 202", what, key)
+		fail(w, http.StatusNotFound, "no_request ("+rid+")")
+	}
+	return user, rid, fl
+}
+
+// done takes a request off asynq's pending list once its final state is told.
+func (f *fakeAPI) done(ctx context.Context, user int64, rid string) {
+	f.mu.Lock()
 	queue, _ := jobs.QueuesFor(f.plans[user], 0)
 	f.mu.Unlock()
-	if !ok {
-		f.problem("poll of %s, which was not answered 202", key)
-		fail(w, http.StatusNotFound, "no_request ("+rid+")")
+	f.rdb.LRem(context.WithoutCancel(ctx), jobs.PendingKey(queue), 1, rid)
+}
+
+// request is GET /api/requests/{rid}: queued for the first poll, final from the second on.
+func (f *fakeAPI) request(w http.ResponseWriter, r *http.Request) {
+	user, rid, fl := f.follow(w, r, "poll")
+	if fl == nil {
 		return
 	}
+	f.mu.Lock()
+	polls := fl.polls
+	fl.polls++
+	f.mu.Unlock()
 	if polls == 0 {
-		answer(w, http.StatusOK, map[string]any{"requestId": rid, "state": "queued"})
+		answer(w, http.StatusOK, fl.body(rid, "queued", user))
 		return
 	}
-	f.rdb.LRem(r.Context(), jobs.PendingKey(queue), 1, rid)
-	answer(w, http.StatusOK, map[string]any{"requestId": rid, "state": "completed", "image": dto(5000, 64, 64, "2x", user)})
+	f.done(r.Context(), user, rid)
+	answer(w, http.StatusOK, fl.body(rid, fl.final, user))
+}
+
+// events is GET /api/requests/{rid}/events as internal/httpapi/events.go serves it: 404 for an unknown
+// request, 429 with Retry-After past the user's streamLimit open streams; else a text/event-stream of
+// "state" events, one per change (queued with its position 2, then 1; running; the final state with the
+// body of GET /api/requests/{rid}), a step apart, with heartbeat comments between them; then it ends.
+// The request's fault makes it misbehave: "cut" ends its first stream after the first event, "cut-always"
+// every stream; "429" answers every stream 429; "503-once" answers the first one 503.
+func (f *fakeAPI) events(w http.ResponseWriter, r *http.Request) {
+	user, rid, fl := f.follow(w, r, "event stream")
+	if fl == nil {
+		return
+	}
+	f.mu.Lock()
+	f.streams++
+	attempt := fl.streams
+	fl.streams++
+	full := f.open[user] >= f.streamLimit || fl.fault == "429"
+	if !full {
+		f.open[user]++
+	}
+	f.mu.Unlock()
+	if r.Header.Get("Accept") != "text/event-stream" {
+		f.problem("event stream of %s asked without Accept: text/event-stream", rid)
+	}
+	if full {
+		w.Header().Set("Retry-After", "5")
+		fail(w, http.StatusTooManyRequests, "too_many_requests")
+		return
+	}
+	defer func() {
+		f.mu.Lock()
+		f.open[user]--
+		f.mu.Unlock()
+	}()
+	if fl.fault == "503-once" && attempt == 0 {
+		fail(w, http.StatusServiceUnavailable, "service_unavailable")
+		return
+	}
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	flusher := w.(http.Flusher)
+	write := func(s string) bool {
+		if _, err := io.WriteString(w, s); err != nil {
+			return false
+		}
+		flusher.Flush()
+		return true
+	}
+	state := func(body map[string]any) bool {
+		b, _ := json.Marshal(body)
+		return write("event: state\ndata: " + string(b) + "\n\n")
+	}
+	wait := func() bool {
+		select {
+		case <-r.Context().Done():
+			return false
+		case <-time.After(f.step):
+			return true
+		}
+	}
+	queued := func(pos int) map[string]any {
+		b := fl.body(rid, "queued", user)
+		b["position"] = pos
+		return b
+	}
+	if !write(": heartbeat\n\n") || !wait() || !state(queued(2)) {
+		return
+	}
+	if fl.fault == "cut-always" || (fl.fault == "cut" && attempt == 0) {
+		return
+	}
+	if !wait() || !write(": heartbeat\n\n") || !state(queued(1)) || !wait() || !state(fl.body(rid, "running", user)) || !wait() {
+		return
+	}
+	f.done(r.Context(), user, rid)
+	state(fl.body(rid, fl.final, user))
 }
 
 func (f *fakeAPI) cancel(w http.ResponseWriter, r *http.Request) {

@@ -80,7 +80,7 @@ func writeMarkdown(w io.Writer, rep *report) error {
 	}
 	p.line("## Outcomes")
 	p.line("")
-	p.line("Latency runs from sending an upsize to its outcome; for a 202 answer, to the moment following it saw its final state.")
+	p.line("Latency runs from sending an upsize to its outcome; for a 202 answer, to the moment following it saw its final state (the poll, or the stream's final event).")
 	p.line("")
 	p.line("| outcome | count | p50 | p95 | p99 | max | reasons |")
 	p.line("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
@@ -88,6 +88,7 @@ func writeMarkdown(w io.Writer, rep *report) error {
 		p.line("| %s | %d | %s | %s | %s | %s | %s |", o.Outcome, o.Count, msText(o.P50Ms), msText(o.P95Ms), msText(o.P99Ms), msText(o.MaxMs), counts(o.Reasons))
 	}
 	p.line("")
+	writeFollow(p, rep.Follow)
 	p.line("## First answers (vegeta)")
 	p.line("")
 	p.line("Status codes: %s. Latency p50 %s, p95 %s, p99 %s, max %s.", counts(rep.FirstAnswers.StatusCodes),
@@ -103,6 +104,38 @@ func writeMarkdown(w io.Writer, rep *report) error {
 	p.line("")
 	p.line("Dots: each request's latency (left axis, logarithmic) at the moment its outcome came, coloured by outcome. Line: the backlog (right axis).")
 	return p.err
+}
+
+// writeFollow says how the 202 answers were followed and, with event streams, how soon their events came.
+func writeFollow(p *lineWriter, f followStats) {
+	if f.Followed == 0 && f.Mode != followSSE {
+		return
+	}
+	p.line("## Following 202 answers")
+	p.line("")
+	if f.Mode != followSSE {
+		p.line("%d followed by polling `GET /api/requests/{id}` (`-follow %s`).", f.Followed, f.Mode)
+		p.line("")
+		return
+	}
+	p.line("%d followed by their event stream (`-follow sse`): %d by the stream alone, %d fell back to polling; %d stream(s) opened again.",
+		f.Followed, f.SSE, f.Fallbacks, f.Reconnects)
+	p.line("")
+	p.line("| from the 202 to | count | p50 | p95 | max |")
+	p.line("| --- | ---: | ---: | ---: | ---: |")
+	for _, row := range []struct {
+		name string
+		s    *spanStats
+	}{{"first event", f.FirstEvent}, {"final event", f.FinalEvent}} {
+		if row.s == nil {
+			p.line("| %s | 0 | | | |", row.name)
+			continue
+		}
+		p.line("| %s | %d | %s | %s | %s |", row.name, row.s.Count, msText(row.s.P50Ms), msText(row.s.P95Ms), msText(row.s.MaxMs))
+	}
+	p.line("")
+	p.line("Heartbeats are comments, not events. The first event is usually the state the request is in (queued, with its position), so its time is how long a client waits to hear anything.")
+	p.line("")
 }
 
 // lineWriter keeps the first write error, so a writer reads as a list of lines.

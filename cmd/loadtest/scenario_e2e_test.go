@@ -44,9 +44,9 @@ func groupsOf(rep report) map[string][]request {
 
 func TestScenarioHeavyBurstSmallStream(t *testing.T) {
 	f, rdb, base := startServingFake(t)
-	// 512² PNG 8x: estimated 1.01 s, large (50 ms in the fake); 16² JPEG 2x: small
+	// 640² PNG 8x: estimated 1.29 s, large (64 ms in the fake); 16² JPEG 2x: small
 	rep, md, stdout := runScenarioFlags(t, rdb, base, "-scenario", "heavy-burst-small-stream",
-		"-heavy", "512x512:png:8x:noise", "-heavy-n", "4", "-small", "16x16:jpeg:2x", "-small-n", "10")
+		"-heavy", "640x640:png:8x:noise", "-heavy-n", "4", "-small", "16x16:jpeg:2x", "-small-n", "10")
 	f.mu.Lock()
 	problems := f.problems
 	f.mu.Unlock()
@@ -100,7 +100,7 @@ func TestScenarioHeavyBurstSmallStream(t *testing.T) {
 
 func TestScenarioFairness(t *testing.T) {
 	f, rdb, base := startServingFake(t)
-	rep, md, stdout := runScenarioFlags(t, rdb, base, "-scenario", "fairness", "-large", "512x512:png:8x",
+	rep, md, stdout := runScenarioFlags(t, rdb, base, "-scenario", "fairness", "-large", "640x640:png:8x",
 		"-backlog-users", "2", "-backlog-n", "6", "-lone-users", "1", "-trials", "2")
 	f.mu.Lock()
 	problems, users := f.problems, len(f.plans)
@@ -160,7 +160,7 @@ func TestScenarioFairness(t *testing.T) {
 
 func TestScenarioFairnessKeepBacklog(t *testing.T) {
 	_, rdb, base := startServingFake(t)
-	rep, _, _ := runScenarioFlags(t, rdb, base, "-scenario", "fairness", "-large", "512x512:png:8x",
+	rep, _, _ := runScenarioFlags(t, rdb, base, "-scenario", "fairness", "-large", "640x640:png:8x",
 		"-backlog-n", "5", "-keep-backlog")
 	fr := rep.Scenario.Fairness
 	if len(fr.Trials) != 1 || fr.Trials[0].BacklogCompleted != 5 || rep.Cancels.Planned != 0 || !fr.KeepBacklog {

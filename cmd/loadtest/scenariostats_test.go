@@ -229,7 +229,7 @@ func TestScenarioMarkdownAndLine(t *testing.T) {
 	p := &lineWriter{w: &b}
 	writeScenario(p, &scenarioReport{Name: scenarioHeavyBurst, HeavyBurst: h})
 	for _, want := range []string{
-		"Heavy: `1024x1024:png:8x:noise`, estimated 4.03 s (large; first upsize_paid, then upsize_paid_more), 12 at once. Small: `64x64:jpeg:2x`, estimated 8.2 ms (small; upsize_paid_small)",
+		"Heavy: `1024x1024:png:8x:noise`, estimated 3.29 s (large; first upsize_paid, then upsize_paid_more), 12 at once. Small: `64x64:jpeg:2x`, estimated 5.1 ms (small; upsize_paid_small)",
 		"| idle (no burst) | 40 | 40 | 12.0 ms | 20.0 ms | 30.0 ms |",
 		"= 140.0 ms: **not met**.",
 		"| with the small stream | 12 | 12 | 100.0 s | 0.120 |",
@@ -246,13 +246,13 @@ func TestScenarioMarkdownAndLine(t *testing.T) {
 
 	backlog, lone, recs := fairRun()
 	tr := fairTrialOf(backlog, lone, recs, jobs.QueuePaid, jobs.QueuePaidMore, 0.75)
-	f := &fairnessReport{Large: infoOf(jobSpec{1024, 1024, "png", "4x", patternGradient}), BacklogUsers: 1, BacklogN: 6, LoneUsers: 1,
+	f := &fairnessReport{Large: infoOf(jobSpec{1280, 1280, "png", "4x", patternGradient}), BacklogUsers: 1, BacklogN: 6, LoneUsers: 1,
 		Lane: jobs.Lane, FirstWeight: 12, MoreWeight: 4, DrawFirst: 0.75, BoundQuantile: boundQuantile,
 		Trials: []fairTrial{tr}, Summary: fairSummaryOf([]fairTrial{tr}, 2, 0.75)}
 	b.Reset()
 	writeScenario(p, &scenarioReport{Name: scenarioFairness, Fairness: f})
 	for _, want := range []string{
-		"Every user sends `1024x1024:png:4x`, estimated 1.01 s (large; first upsize_paid, then upsize_paid_more).",
+		"Every user sends `1280x1280:png:4x`, estimated 1.29 s (large; first upsize_paid, then upsize_paid_more).",
 		"p = 12/16 = 0.75",
 		"at most **7 tasks** are served ahead of a lone request (99 %)",
 		"| 1 | l1 | completed | 398.0 ms | 295.0 ms | 1 | 1 | 2 (1) | 1.67 | 5 | yes | 3 (3) |",

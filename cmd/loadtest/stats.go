@@ -54,6 +54,13 @@ type request struct {
 	FirstCode     int           `json:"firstCode"` // 0: no HTTP answer
 	Outcome       outcome       `json:"outcome"`
 	Reason        string        `json:"reason,omitempty"`
+	// For a 202: how it was followed (followPoll, followSSE, followFallback), and with an event stream the
+	// time from the 202 to its first event and to its final event (0: none came), and how many times the
+	// stream was opened again.
+	FollowedBy string        `json:"followedBy,omitempty"`
+	FirstEvent time.Duration `json:"firstEventNs,omitempty"`
+	FinalEvent time.Duration `json:"finalEventNs,omitempty"`
+	Reconnects int           `json:"reconnects,omitempty"`
 }
 
 // runResult is everything a run collected.
@@ -82,6 +89,7 @@ type report struct {
 	ErrorRatio   float64        `json:"errorRatio"`
 	Outcomes     []outcomeStats `json:"outcomes"`
 	FirstAnswers firstAnswers   `json:"firstAnswers"`
+	Follow       followStats    `json:"follow"`
 	Backlog      backlogStats   `json:"backlog"`
 	Cancels      cancelStats    `json:"cancels"`
 	Chart        string         `json:"chart"`
@@ -109,6 +117,29 @@ type firstAnswers struct {
 	P95Ms       float64        `json:"p95Ms"`
 	P99Ms       float64        `json:"p99Ms"`
 	MaxMs       float64        `json:"maxMs"`
+}
+
+// followStats is how the 202 answers were followed (-follow).
+type followStats struct {
+	Mode      string `json:"mode"`      // -follow: poll or sse
+	Followed  int    `json:"followed"`  // 202 answers followed
+	SSE       int    `json:"sse"`       // … by their event stream alone
+	Fallbacks int    `json:"fallbacks"` // … by their event stream, then by polling
+	// Reconnects counts the event streams opened again, over every request.
+	Reconnects int `json:"reconnects"`
+	// FirstEvent runs from the 202 to the first event of its stream (heartbeats are not events), over the
+	// requests that had one; FinalEvent to the event with the final state, over those whose outcome it gave.
+	// Both are absent when no stream sent an event.
+	FirstEvent *spanStats `json:"firstEvent,omitempty"`
+	FinalEvent *spanStats `json:"finalEvent,omitempty"`
+}
+
+// spanStats summarises durations: nearest-rank percentiles, as the outcomes'.
+type spanStats struct {
+	Count int     `json:"count"`
+	P50Ms float64 `json:"p50Ms"`
+	P95Ms float64 `json:"p95Ms"`
+	MaxMs float64 `json:"maxMs"`
 }
 
 type backlogStats struct {
@@ -146,6 +177,7 @@ func buildReport(r runResult) report {
 			P99Ms:       ms(r.Metrics.Latencies.P99),
 			MaxMs:       ms(r.Metrics.Latencies.Max),
 		},
+		Follow:     followTable(r.Cfg.Follow, r.Requests),
 		Backlog:    backlogStats{Peak: peak(r.Samples), Samples: r.Samples},
 		Cancels:    cancelTable(r.Plans),
 		PerRequest: slices.SortedFunc(slices.Values(r.Requests), func(a, b request) int { return a.Sent.Compare(b.Sent) }),
@@ -208,6 +240,41 @@ func outcomeTable(reqs []request) []outcomeStats {
 			P50Ms: ms(percentile(l, 0.50)), P95Ms: ms(percentile(l, 0.95)), P99Ms: ms(percentile(l, 0.99)), MaxMs: ms(l[len(l)-1])})
 	}
 	return out
+}
+
+// followTable counts how the 202s were followed and summarises the times to their streams' events.
+func followTable(mode string, reqs []request) followStats {
+	f := followStats{Mode: mode}
+	var first, final []time.Duration
+	for _, r := range reqs {
+		switch r.FollowedBy {
+		case "":
+			continue
+		case followSSE:
+			f.SSE++
+		case followFallback:
+			f.Fallbacks++
+		}
+		f.Followed++
+		f.Reconnects += r.Reconnects
+		if r.FirstEvent > 0 {
+			first = append(first, r.FirstEvent)
+		}
+		if r.FinalEvent > 0 {
+			final = append(final, r.FinalEvent)
+		}
+	}
+	f.FirstEvent, f.FinalEvent = spans(first), spans(final)
+	return f
+}
+
+// spans summarises durations; nil when there are none.
+func spans(d []time.Duration) *spanStats {
+	if len(d) == 0 {
+		return nil
+	}
+	slices.Sort(d)
+	return &spanStats{Count: len(d), P50Ms: ms(percentile(d, 0.50)), P95Ms: ms(percentile(d, 0.95)), MaxMs: ms(d[len(d)-1])}
 }
 
 // percentile is the nearest-rank percentile of sorted durations: always one that was observed.

@@ -139,3 +139,35 @@ func TestTallyBoundsReasons(t *testing.T) {
 		t.Fatalf("tally %v", m)
 	}
 }
+
+// followTable counts the 202s by how they were followed and summarises the times to their events by
+// nearest rank, over the requests that had them.
+func TestFollowTable(t *testing.T) {
+	reqs := []request{
+		{Outcome: completed},
+		{Outcome: acceptedCompleted, FollowedBy: followPoll},
+	}
+	if got := followTable(followPoll, reqs); got != (followStats{Mode: followPoll, Followed: 1}) {
+		t.Fatalf("poll: %+v", got)
+	}
+	reqs = []request{{Outcome: completed}, {Outcome: queueFull}}
+	for i := range 20 { // first events at 1..20 ms, final events at 101..120 ms
+		reqs = append(reqs, request{Outcome: acceptedCompleted, FollowedBy: followSSE,
+			FirstEvent: time.Duration(i+1) * time.Millisecond, FinalEvent: time.Duration(i+101) * time.Millisecond})
+	}
+	reqs = append(reqs,
+		request{Outcome: acceptedCanceled, FollowedBy: followFallback, Reconnects: 3, FirstEvent: 500 * time.Millisecond},
+		request{Outcome: acceptedFailed, FollowedBy: followFallback}, // 429: no event
+		request{Outcome: acceptedCompleted, FollowedBy: followSSE, Reconnects: 1, FirstEvent: 30 * time.Millisecond, FinalEvent: 900 * time.Millisecond},
+	)
+	got := followTable(followSSE, reqs)
+	if got.Mode != followSSE || got.Followed != 23 || got.SSE != 21 || got.Fallbacks != 2 || got.Reconnects != 4 {
+		t.Fatalf("counts %+v", got)
+	}
+	if *got.FirstEvent != (spanStats{Count: 22, P50Ms: 11, P95Ms: 30, MaxMs: 500}) {
+		t.Errorf("first event %+v", *got.FirstEvent)
+	}
+	if *got.FinalEvent != (spanStats{Count: 21, P50Ms: 111, P95Ms: 120, MaxMs: 900}) {
+		t.Errorf("final event %+v", *got.FinalEvent)
+	}
+}
