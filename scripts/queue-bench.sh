@@ -7,8 +7,8 @@
 #      paid user's burst of HEAVY_N (12) 8x of a 1024² noise PNG, then that burst alone;
 #   B. the same burst, with and without the stream, against two workers with WORKER_CONCURRENCY=1 each: two
 #      slots that both take heavy work, the heavy throughput of n = 2 slots with none kept;
-#   C. fairness, one worker with WORKER_CONCURRENCY=2: one user's 100 4x of a 1024² PNG (large: estimated
-#      1.01 s) then a lone user's one; and 3 users × 30 then a lone one; TRIALS (10) trials each.
+#   C. fairness, one worker with WORKER_CONCURRENCY=2: one user's 100 4x of a 1280² PNG (large: estimated
+#      1.29 s) then a lone user's one; and 3 users × 30 then a lone one; TRIALS (10) trials each.
 # A and B alternate, ROUNDS (3) times, so that the machine's other load falls on both; the load average is
 # noted before and after each run. Raw reports in var/bench/queue-*.{json,md,svg}; the table at the end.
 set -euo pipefail
@@ -82,8 +82,8 @@ for round in $(seq "$rounds"); do
   stop
 done
 start 1 2
-loadtest fair-1x100 -scenario fairness -large 1024x1024:png:4x -backlog-users 1 -backlog-n 100 -trials "$trials"
-loadtest fair-3x30 -scenario fairness -large 1024x1024:png:4x -backlog-users 3 -backlog-n 30 -trials "$trials"
+loadtest fair-1x100 -scenario fairness -large 1280x1280:png:4x -backlog-users 1 -backlog-n 100 -trials "$trials"
+loadtest fair-3x30 -scenario fairness -large 1280x1280:png:4x -backlog-users 3 -backlog-n 30 -trials "$trials"
 stop
 
 python3 - "$out" "$rounds" <<'PY'

@@ -17,13 +17,17 @@ type WorkModel struct {
 	PerMP map[string]time.Duration // by format: jpeg, png, webp
 }
 
-// DefaultWork is the calibrated model.
+// DefaultWork is the calibrated model: BenchmarkCalibrateWork on the 2-core development VM, 2026-11-30
+// (PNG after the resampler took PNG results and the Paeth filter: docs/imageops.md). The fixed part is
+// JPEG's fit, where it matters (small tasks); the PNG and WebP fits put their decode of large sources
+// into a larger fixed part (42 and 26 ms), which the per-megapixel cost covers for the results that
+// carry weight.
 var DefaultWork = WorkModel{
-	Fixed: 8 * time.Millisecond,
+	Fixed: 5 * time.Millisecond,
 	PerMP: map[string]time.Duration{
-		"jpeg": 12 * time.Millisecond,
-		"png":  60 * time.Millisecond,
-		"webp": 70 * time.Millisecond,
+		"jpeg": 4500 * time.Microsecond,
+		"png":  49 * time.Millisecond,
+		"webp": 58 * time.Millisecond,
 	},
 }
 
