@@ -148,6 +148,12 @@ type answer struct {
 
 func call(t testing.TB, method, url string, hdr map[string]string, body []byte, ct string) answer {
 	t.Helper()
+	return callVia(t, http.DefaultClient, method, url, hdr, body, ct)
+}
+
+// callVia is call through client.
+func callVia(t testing.TB, client *http.Client, method, url string, hdr map[string]string, body []byte, ct string) answer {
+	t.Helper()
 	req, _ := http.NewRequest(method, url, bytes.NewReader(body))
 	if ct != "" {
 		req.Header.Set("Content-Type", ct)
@@ -155,7 +161,7 @@ func call(t testing.TB, method, url string, hdr map[string]string, body []byte, 
 	for k, v := range hdr {
 		req.Header.Set(k, v)
 	}
-	res, err := http.DefaultClient.Do(req)
+	res, err := client.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, url, err)
 	}
