@@ -148,12 +148,6 @@ type answer struct {
 
 func call(t testing.TB, method, url string, hdr map[string]string, body []byte, ct string) answer {
 	t.Helper()
-	return callVia(t, http.DefaultClient, method, url, hdr, body, ct)
-}
-
-// callVia is call through client.
-func callVia(t testing.TB, client *http.Client, method, url string, hdr map[string]string, body []byte, ct string) answer {
-	t.Helper()
 	req, _ := http.NewRequest(method, url, bytes.NewReader(body))
 	if ct != "" {
 		req.Header.Set("Content-Type", ct)
@@ -161,7 +155,7 @@ func callVia(t testing.TB, client *http.Client, method, url string, hdr map[stri
 	for k, v := range hdr {
 		req.Header.Set(k, v)
 	}
-	res, err := client.Do(req)
+	res, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, url, err)
 	}
