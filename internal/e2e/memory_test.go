@@ -64,10 +64,11 @@ func TestAPIMemoryStaysWithinItsBound(t *testing.T) {
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	statuses := map[int]int{}
-	// The two bodies are built once and shared (each request reads its own bytes.Reader over them): 44
-	// copies of 30 MB in this process, under the race detector, once stalled its HTTP client for over
-	// ten seconds between dialling and sending the header, and the API, rightly, closed those connections
-	// after ReadHeaderTimeout without an answer.
+	// The two bodies are built once and shared (each request reads its own bytes.Reader over them). With
+	// a copy per request (44 × 30 MB in this process, under the race detector, beside other test
+	// binaries) uploads twice failed in the client without ever reaching a handler: most likely the
+	// client stalled between dialling and sending the header for longer than the API's
+	// ReadHeaderTimeout (10 s), after which the API closes a connection without an answer, as it should.
 	type body struct {
 		ct   string
 		data []byte
