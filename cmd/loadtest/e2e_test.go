@@ -49,22 +49,15 @@ func byOutcome(rep report) map[outcome]outcomeStats {
 func TestEndToEndBurst(t *testing.T) {
 	f, rdb, base := startFake(t, false)
 	out := filepath.Join(t.TempDir(), "report.json")
-	var stdout, stderr bytes.Buffer
-	err := run(context.Background(), []string{
+	stdout, _ := runTool(t,
 		"-base", base, "-admin-token", fakeAdminToken, "-redis", testredis.RedisURL(rdb), "-configure",
 		"-burst", "-n", "40", "-sizes", "32x32,48x24", "-scales", "2x:1,4x:1,8x:1",
 		"-free-share", "0.5", "-cancel-share", "0.25", "-cancel-max-delay", "50ms",
 		"-poll-interval", "50ms", "-sample-interval", "10ms", "-drain-timeout", "10s", "-max-duration", "60s",
-		"-seed", "7", "-out", out,
-	}, &stdout, &stderr)
-	if err != nil {
-		t.Fatalf("run: %v\n%s", err, stderr.String())
-	}
+		"-seed", "7", "-out", out)
+	f.checkContract(t)
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if len(f.problems) > 0 {
-		t.Fatalf("the fake saw contract violations:\n%s", strings.Join(f.problems, "\n"))
-	}
 
 	// setup: configured only because -configure was given; one paid and one free user with their own images
 	if f.configured["/admin/models/upsize"] != `{"model":"lanczos3"}` || f.configured["/admin/credit-costs/upsize"] != `{"2x":1,"4x":2,"8x":4}` {
@@ -163,8 +156,8 @@ func TestEndToEndBurst(t *testing.T) {
 	if svg.circles["outcome-completed"] != 10 || svg.circles["outcome-queue_full"] != 10 || svg.backlogPoints != len(rep.Backlog.Samples) {
 		t.Errorf("chart %+v", svg)
 	}
-	if !strings.Contains(stdout.String(), "40 requests") {
-		t.Errorf("summary line %q", stdout.String())
+	if !strings.Contains(stdout, "40 requests") {
+		t.Errorf("summary line %q", stdout)
 	}
 }
 

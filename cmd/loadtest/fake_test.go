@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -10,7 +11,9 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
+	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -84,6 +87,27 @@ func (f *fakeAPI) problem(format string, args ...any) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.problems = append(f.problems, fmt.Sprintf(format, args...))
+}
+
+// checkContract fails the test if the fake saw the tool break the contract.
+func (f *fakeAPI) checkContract(t *testing.T) {
+	t.Helper()
+	f.mu.Lock()
+	problems := f.problems
+	f.mu.Unlock()
+	if len(problems) > 0 {
+		t.Fatalf("the fake saw contract violations:\n%s", strings.Join(problems, "\n"))
+	}
+}
+
+// runTool runs the load tool with args and fails the test if it fails; it returns what it printed.
+func runTool(t *testing.T, args ...string) (stdout, stderr string) {
+	t.Helper()
+	var out, errs bytes.Buffer
+	if err := run(context.Background(), args, &out, &errs); err != nil {
+		t.Fatalf("run: %v\n%s", err, errs.String())
+	}
+	return out.String(), errs.String()
 }
 
 func fail(w http.ResponseWriter, code int, reason string) {

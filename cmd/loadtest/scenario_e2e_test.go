@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bytes"
-	"context"
 	"fmt"
 	"net/http/httptest"
 	"path/filepath"
@@ -29,13 +27,9 @@ func startServingFake(t *testing.T) (*fakeAPI, *redis.Client, string) {
 func runScenarioFlags(t *testing.T, rdb *redis.Client, base string, flags ...string) (report, string, string) {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "scenario.json")
-	var stdout, stderr bytes.Buffer
-	args := append([]string{"-base", base, "-admin-token", fakeAdminToken, "-redis", testredis.RedisURL(rdb), "-configure",
-		"-sample-interval", "20ms", "-drain-timeout", "10s", "-max-duration", "90s", "-out", out}, flags...)
-	if err := run(context.Background(), args, &stdout, &stderr); err != nil {
-		t.Fatalf("run: %v\n%s", err, stderr.String())
-	}
-	return readReport(t, out), string(readFile(t, filepath.Dir(out), "scenario.md")), stdout.String()
+	stdout, _ := runTool(t, append([]string{"-base", base, "-admin-token", fakeAdminToken, "-redis", testredis.RedisURL(rdb), "-configure",
+		"-sample-interval", "20ms", "-drain-timeout", "10s", "-max-duration", "90s", "-out", out}, flags...)...)
+	return readReport(t, out), string(readFile(t, filepath.Dir(out), "scenario.md")), stdout
 }
 
 func groupsOf(rep report) map[string][]request {
@@ -47,12 +41,7 @@ func TestScenarioHeavyBurstSmallStream(t *testing.T) {
 	// 640² PNG 8x: estimated 1.29 s, large (64 ms in the fake); 16² JPEG 2x: small
 	rep, md, stdout := runScenarioFlags(t, rdb, base, "-scenario", "heavy-burst-small-stream",
 		"-heavy", "640x640:png:8x:noise", "-heavy-n", "4", "-small", "16x16:jpeg:2x", "-small-n", "10")
-	f.mu.Lock()
-	problems := f.problems
-	f.mu.Unlock()
-	if len(problems) > 0 {
-		t.Fatalf("the fake saw contract violations:\n%s", strings.Join(problems, "\n"))
-	}
+	f.checkContract(t)
 	h := rep.Scenario.HeavyBurst
 	if rep.Scenario.Name != scenarioHeavyBurst || h == nil || rep.StopReason != "done" {
 		t.Fatalf("scenario %+v, stop %s", rep.Scenario, rep.StopReason)
@@ -102,12 +91,10 @@ func TestScenarioFairness(t *testing.T) {
 	f, rdb, base := startServingFake(t)
 	rep, md, stdout := runScenarioFlags(t, rdb, base, "-scenario", "fairness", "-large", "640x640:png:8x",
 		"-backlog-users", "2", "-backlog-n", "6", "-lone-users", "1", "-trials", "2")
+	f.checkContract(t)
 	f.mu.Lock()
-	problems, users := f.problems, len(f.plans)
+	users := len(f.plans)
 	f.mu.Unlock()
-	if len(problems) > 0 {
-		t.Fatalf("the fake saw contract violations:\n%s", strings.Join(problems, "\n"))
-	}
 	if users != 6 {
 		t.Errorf("%d users, want 3 a trial", users)
 	}

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bytes"
-	"context"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -23,21 +21,14 @@ func TestEndToEndFollowSSE(t *testing.T) {
 	f.streamFaults = []string{"", "cut", "429", "", "cut-always", "503-once", "", "", "", ""}
 	f.streamLimit = 64 // ten streams may be open at once for one user; the 429 is the fault's
 	out := filepath.Join(t.TempDir(), "report.json")
-	var stdout, stderr bytes.Buffer
-	err := run(context.Background(), []string{
+	runTool(t,
 		"-base", base, "-admin-token", fakeAdminToken, "-redis", testredis.RedisURL(rdb),
 		"-burst", "-n", "40", "-sizes", "32x32", "-scales", "2x", "-cancel-share", "0", "-follow", "sse",
 		"-poll-interval", "50ms", "-sample-interval", "10ms", "-drain-timeout", "10s", "-max-duration", "60s",
-		"-seed", "3", "-out", out,
-	}, &stdout, &stderr)
-	if err != nil {
-		t.Fatalf("run: %v\n%s", err, stderr.String())
-	}
+		"-seed", "3", "-out", out)
+	f.checkContract(t)
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if len(f.problems) > 0 {
-		t.Fatalf("the fake saw contract violations:\n%s", strings.Join(f.problems, "\n"))
-	}
 	// ten 202s: one stream each, one more for the cut one and the 503, three more for the one always cut
 	if f.accepted != 10 || f.streams != 10+1+1+3 {
 		t.Fatalf("%d 202s, %d streams asked for", f.accepted, f.streams)
