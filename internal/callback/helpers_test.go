@@ -1,7 +1,6 @@
 package callback
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"log/slog"
@@ -19,6 +18,7 @@ import (
 
 	"upsize/internal/cancel"
 	"upsize/internal/store"
+	"upsize/internal/testlog"
 	"upsize/internal/testredis"
 )
 
@@ -32,7 +32,7 @@ type fixture struct {
 	st     *store.Store
 	user   int64
 	secret string
-	logs   *syncBuffer
+	logs   *testlog.Buffer
 	log    *slog.Logger
 }
 
@@ -42,7 +42,7 @@ func newFixture(t *testing.T) *fixture {
 	f := &fixture{
 		t: t, ctx: context.Background(), rdb: rdb, st: store.New(rdb, store.DefaultKeys),
 		reg:  cancel.NewRegistry(rdb, store.DefaultKeys, cancel.Settings{TTL: time.Hour}),
-		logs: &syncBuffer{},
+		logs: &testlog.Buffer{},
 	}
 	f.log = slog.New(slog.NewJSONHandler(f.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	t.Cleanup(func() {
@@ -241,24 +241,6 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-}
-
-// syncBuffer collects logs from many goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // redisZ is a sorted set member scored now, as the registry's scripts add due callbacks.

@@ -44,6 +44,7 @@ import (
 	"upsize/internal/redisconn"
 	"upsize/internal/store"
 	"upsize/internal/testenv"
+	"upsize/internal/testlog"
 )
 
 const sentinelMaster = "upsize"
@@ -64,7 +65,7 @@ type redisNode struct {
 	name string
 	port int
 	cmd  *exec.Cmd
-	logs *testenv.SyncBuffer
+	logs *testlog.Buffer
 	done chan error
 }
 
@@ -73,7 +74,7 @@ func (n *redisNode) addr() string { return "127.0.0.1:" + strconv.Itoa(n.port) }
 // startNode runs redis-server with args and waits until it answers PING.
 func startNode(t testing.TB, name string, port int, args ...string) *redisNode {
 	t.Helper()
-	n := &redisNode{t: t, name: name, port: port, logs: &testenv.SyncBuffer{}, done: make(chan error, 1)}
+	n := &redisNode{t: t, name: name, port: port, logs: &testlog.Buffer{}, done: make(chan error, 1)}
 	n.cmd = exec.Command("redis-server", args...)
 	n.cmd.Stdout, n.cmd.Stderr = n.logs, n.logs
 	if err := n.cmd.Start(); err != nil {

@@ -33,6 +33,7 @@ import (
 	"upsize/internal/policy"
 	"upsize/internal/testenv"
 	"upsize/internal/testimg"
+	"upsize/internal/testlog"
 )
 
 // faultClient is bounded, and its helpers return errors instead of calling t.Fatal: they run in goroutines.
@@ -601,7 +602,7 @@ type redisServer struct {
 	port int
 	dir  string
 	cmd  *exec.Cmd
-	logs *testenv.SyncBuffer
+	logs *testlog.Buffer
 	done chan error
 }
 
@@ -617,7 +618,7 @@ func startRedis(t testing.TB) *redisServer {
 	}
 	port := ln.Addr().(*net.TCPAddr).Port
 	ln.Close()
-	r := &redisServer{t: t, path: path, port: port, dir: t.TempDir(), logs: &testenv.SyncBuffer{}}
+	r := &redisServer{t: t, path: path, port: port, dir: t.TempDir(), logs: &testlog.Buffer{}}
 	r.run()
 	t.Cleanup(func() {
 		r.cmd.Process.Kill()

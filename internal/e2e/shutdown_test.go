@@ -20,6 +20,7 @@ import (
 
 	"upsize/internal/testenv"
 	"upsize/internal/testimg"
+	"upsize/internal/testlog"
 	"upsize/internal/testredis"
 )
 
@@ -47,7 +48,7 @@ type proc struct {
 	name string
 	cmd  *exec.Cmd
 	addr string
-	logs *testenv.SyncBuffer
+	logs *testlog.Buffer
 	done chan error
 }
 
@@ -60,7 +61,7 @@ func start(t testing.TB, name string, env map[string]string) *proc {
 // startFrom is start for a binary built into dir.
 func startFrom(t testing.TB, dir, name string, env map[string]string) *proc {
 	t.Helper()
-	p := &proc{t: t, name: name, logs: &testenv.SyncBuffer{}, done: make(chan error, 1)}
+	p := &proc{t: t, name: name, logs: &testlog.Buffer{}, done: make(chan error, 1)}
 	p.cmd = exec.Command(filepath.Join(dir, name))
 	p.cmd.Env = append(os.Environ(), "HTTP_ADDR=127.0.0.1:0")
 	for k, v := range env {

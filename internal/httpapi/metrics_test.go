@@ -12,6 +12,7 @@ import (
 	"upsize/internal/jobs"
 	"upsize/internal/testenv"
 	"upsize/internal/testimg"
+	"upsize/internal/testlog"
 )
 
 // After upsizes, a rejection, a cancel of running work and a cancel too late, the API and the worker
@@ -95,7 +96,7 @@ func TestMetricsAfterTraffic(t *testing.T) {
 // Logs are JSON lines: one per HTTP request with its request id and user id, one per task with its task,
 // request and user ids; API keys and the admin token never appear.
 func TestLogsCarryIDsAndNoSecrets(t *testing.T) {
-	var logs testenv.SyncBuffer
+	var logs testlog.Buffer
 	e := testenv.New(t, testenv.Options{LogTo: &logs})
 	e.Configure()
 	u := e.NewUser("paid", 5)

@@ -1,7 +1,6 @@
 package imageops
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -13,25 +12,8 @@ import (
 	"time"
 
 	"upsize/internal/testimg"
+	"upsize/internal/testlog"
 )
-
-// syncBuffer is a bytes.Buffer safe for the concurrent writes of libvips' threads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 func slogJSON(w io.Writer, requestID string) *slog.Logger {
 	return slog.New(slog.NewJSONHandler(w, nil)).With("request_id", requestID)
@@ -89,11 +71,11 @@ func TestLibvipsMessagesCarryTheCallsLogger(t *testing.T) {
 }
 
 func testMessagesCarryTheCallsLogger(t *testing.T, damaged []byte) {
-	var global syncBuffer
+	var global testlog.Buffer
 	SetLogger(slogJSON(&global, "global"))
 	defer SetLogger(nil)
 	for round := 0; round < 5; round++ {
-		logs := map[string]*syncBuffer{"a": {}, "b": {}}
+		logs := map[string]*testlog.Buffer{"a": {}, "b": {}}
 		var wg sync.WaitGroup
 		for id, buf := range logs {
 			wg.Add(2)
@@ -134,7 +116,7 @@ func testMessagesCarryTheCallsLogger(t *testing.T, damaged []byte) {
 // complain that its reads are refused ("not enough data"), on the call's logger, at Debug; the same
 // complaint about a truncated file is still a warning.
 func TestLibvipsMessagesOfACanceledCallAreDebug(t *testing.T) {
-	var global syncBuffer
+	var global testlog.Buffer
 	SetLogger(slogJSON(&global, "global"))
 	defer SetLogger(nil)
 	src := testimg.InterlacedPNG(4000, 4000) // about a third of a second to decode
@@ -153,7 +135,7 @@ func TestLibvipsMessagesOfACanceledCallAreDebug(t *testing.T) {
 			// cancels until one lands in the decode.
 			lines := 0
 			for _, after := range []time.Duration{20, 40, 80, 160} {
-				var buf syncBuffer
+				var buf testlog.Buffer
 				ctx, cancel := context.WithCancel(context.Background())
 				time.AfterFunc(after*time.Millisecond, cancel)
 				if err := run(ctx, debugJSON(&buf, "call")); !errors.Is(err, context.Canceled) {
@@ -175,7 +157,7 @@ func TestLibvipsMessagesOfACanceledCallAreDebug(t *testing.T) {
 		})
 	}
 	// Not canceled: a truncated interlaced PNG is an error, and libpng's complaint a warning.
-	var buf syncBuffer
+	var buf testlog.Buffer
 	truncated := testimg.PNG(500, 500, false, true)
 	truncated = truncated[:len(truncated)/2]
 	if err := Validate(context.Background(), truncated, debugJSON(&buf, "call")); !errors.Is(err, ErrInvalidImage) {

@@ -17,6 +17,7 @@ import (
 	"github.com/h2non/bimg"
 
 	"upsize/internal/testimg"
+	"upsize/internal/testlog"
 )
 
 // webpCases are WebPs for every way load_webp decodes: lossy (VP8) and lossless (VP8L), with and
@@ -254,7 +255,7 @@ func TestWebPEncoderServerGone(t *testing.T) {
 	}
 	for i := 0; i < 2; i++ {
 		var out bytes.Buffer
-		var log syncBuffer
+		var log testlog.Buffer
 		p.Log = slogJSON(&log, "call")
 		if _, err := Upsize(context.Background(), src, &out, p); err != nil {
 			t.Fatal(err)

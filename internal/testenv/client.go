@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"sort"
 	"strconv"
-	"sync"
 	"testing"
 
 	"github.com/getkin/kin-openapi/openapi3"
@@ -262,16 +261,3 @@ func (e *Env) RequestState(key, rid string) *Resp {
 	e.T.Helper()
 	return e.Do(Req{Method: "GET", Path: "/api/requests/" + rid, Key: key})
 }
-
-// SyncBuffer is a bytes.Buffer safe for concurrent writers (loggers, process output).
-type SyncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *SyncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *SyncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
