@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -78,7 +79,7 @@ func (s *Bucket) err(op, key string, err error) error {
 // Put streams what write writes to the object store: readers see the previous object (or none) until
 // the write completes, then the whole new one. Memory is bounded whatever the size (package
 // documentation). A failed write, or one whose ctx ends, leaves no object and no multipart upload
-// (unless the server is unreachable when the upload is to be aborted: the janitor then removes it).
+// (unless the server does not answer within abortGrace: the janitor then removes the upload).
 func (s *Bucket) Put(ctx context.Context, key string, write func(io.Writer) error) (Info, error) {
 	k, err := s.objectKey(key)
 	if err != nil {
@@ -87,20 +88,35 @@ func (s *Bucket) Put(ctx context.Context, key string, write func(io.Writer) erro
 	if err := ctx.Err(); err != nil {
 		return Info{}, err
 	}
-	// Canceling wctx before Close is how a gocloud write is aborted: the transfer manager then sends no
-	// PutObject or CompleteMultipartUpload for what was written.
-	wctx, cancel := context.WithCancel(ctx)
+	// The transfer manager reads from a pipe. To give up, Put fails the pipe: the manager then lets
+	// the parts in flight finish and aborts the upload. Canceling parts in flight instead can let the
+	// server store one after the abort, which brings the upload back (S3 says so: an abort may have to
+	// be repeated). Only a server that keeps the parts longer than abortGrace has its requests
+	// canceled (wctx), without ctx's deadline so that the manager's own abort can still be sent.
+	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
-	w, err := s.b.NewWriter(wctx, k, &gcblob.WriterOptions{
-		ContentType:    "application/octet-stream",
-		BufferSize:     s.opts.PartSize,
-		MaxConcurrency: s.opts.Concurrency,
-	})
-	if err != nil {
-		return Info{}, s.err("put", key, err)
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		err := s.b.Upload(wctx, k, pr, &gcblob.WriterOptions{
+			ContentType:    "application/octet-stream",
+			BufferSize:     s.opts.PartSize,
+			MaxConcurrency: s.opts.Concurrency,
+		})
+		pr.CloseWithError(err) // a failed upload fails the callback's next write
+		done <- err
+	}()
+	var giveUp sync.Once
+	fail := func(err error) {
+		giveUp.Do(func() {
+			pw.CloseWithError(err)
+			time.AfterFunc(abortGrace, cancel)
+		})
 	}
+	defer context.AfterFunc(ctx, func() { fail(ctx.Err()) })()
+
 	sum := sha256.New()
-	cw := &countWriter{w: &errWriter{w: io.MultiWriter(w, sum)}}
+	cw := &countWriter{w: &errWriter{w: io.MultiWriter(pw, sum)}}
 	// Few, large writes into the pipe to the uploader, whatever the callback's write sizes.
 	bw := bufio.NewWriterSize(cw, 256<<10)
 	err = write(bw)
@@ -114,8 +130,8 @@ func (s *Bucket) Put(ctx context.Context, key string, write func(io.Writer) erro
 		err = ctx.Err()
 	}
 	if err != nil {
-		cancel()
-		if aerr := s.abortFailed(ctx, k, w.Close()); aerr != nil {
+		fail(err)
+		if aerr := s.abortFailed(ctx, k, <-done); aerr != nil {
 			err = fmt.Errorf("%w (%v)", err, aerr)
 		}
 		// The callback's error is the uploader's when the context ended: say why.
@@ -124,7 +140,8 @@ func (s *Bucket) Put(ctx context.Context, key string, write func(io.Writer) erro
 		}
 		return Info{}, err
 	}
-	if err := w.Close(); err != nil {
+	pw.Close()
+	if err := <-done; err != nil {
 		err = s.err("put", key, err)
 		if aerr := s.abortFailed(ctx, k, err); aerr != nil {
 			err = fmt.Errorf("%w (%v)", err, aerr)
@@ -152,7 +169,7 @@ func (e *errWriter) Write(p []byte) (int, error) {
 }
 
 // abortFailed aborts the multipart upload of a failed Put, if there is one. The transfer manager aborts
-// it itself, but under the caller's context, which is gone when the failure is a cancellation.
+// it itself, unless its requests were canceled (abortGrace) or its abort failed.
 func (s *Bucket) abortFailed(ctx context.Context, k string, err error) error {
 	var mu transfermanager.MultipartUploadError
 	if s.s3 == nil || err == nil || !errors.As(err, &mu) || mu.UploadID() == "" {

@@ -63,10 +63,13 @@
 // whatever the object's size, so a worker needs about WORKER_CONCURRENCY × 40 MiB for its writes.
 // Measured for a 176 MiB Put (TestStreamedPutMemory): live heap +24 to +51 MiB, peak heap with
 // uncollected garbage +43 to +77 MiB, RSS +45 MiB without the race detector. SHA-256 and size are
-// computed as the bytes pass. A write whose callback fails, or whose context ends, is aborted: the
-// writer's context is canceled before the writer is closed, so no PutObject or CompleteMultipartUpload is
-// sent, and an upload already begun is aborted (AbortMultipartUpload, under a fresh 30 s context if the
-// caller's is gone). What a crash leaves (an upload never completed or aborted) is listed by WalkTemps
+// computed as the bytes pass. A write whose callback fails, or whose context ends, is aborted: the pipe
+// to the transfer manager fails, so no PutObject or CompleteMultipartUpload is sent; the manager lets the
+// parts in flight finish and then aborts an upload already begun. Parts are not canceled mid-request:
+// S3 may store a part that was in flight after the abort, which brings the upload back (seen with
+// versitygw in TestStoreFailedPutLeavesNothing). A server that does not finish them within 2 s has its
+// requests canceled, and the upload is aborted once more under a fresh 30 s context. What a crash
+// leaves (an upload never completed or aborted) is listed by WalkTemps
 // and removed by the janitor (RemoveTemp); a bucket lifecycle rule AbortIncompleteMultipartUpload does
 // the same. A Put whose context ends while the server completes the upload may report an error for an
 // object that was written: it has no record, and the janitor removes it as an orphan.

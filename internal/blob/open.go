@@ -51,6 +51,9 @@ const (
 	readWindowMax = 64 << 20
 	// abortTimeout bounds the abort of a failed upload whose caller's context has ended.
 	abortTimeout = 30 * time.Second
+	// abortGrace is how long a failed Put waits for its parts in flight before it cancels them: up to
+	// Concurrency parts of 8 MiB, well under a second on a healthy store.
+	abortGrace = 2 * time.Second
 )
 
 func (o Options) withDefaults() Options {
