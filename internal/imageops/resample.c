@@ -55,12 +55,6 @@
 #define FIX_HALF (FIX_ONE >> 1)
 #define POS_STEPS VIPS_TRANSFORM_SCALE
 
-/* How many upsamples the resampler has set up (tests tell the paths apart by it: where the resampler
- * matches vips_affine bit for bit, the bytes cannot). */
-static volatile gint resample_count;
-
-int up_resample_count(void) { return g_atomic_int_get(&resample_count); }
-
 typedef struct {
 	int s;
 	int in_w, in_h, bands;
@@ -412,17 +406,17 @@ static int gen(VipsRegion *or, void *vseq, void *a, void *b, gboolean *stop) {
 	return 0;
 }
 
-int up_resample_supported(const VipsImage *in) {
-	return in->Coding == VIPS_CODING_NONE &&
-		(in->BandFmt == VIPS_FORMAT_UCHAR || in->BandFmt == VIPS_FORMAT_USHORT || in->BandFmt == VIPS_FORMAT_FLOAT);
+int up_resample_supported(VipsCoding coding, VipsBandFormat fmt) {
+	return coding == VIPS_CODING_NONE &&
+		(fmt == VIPS_FORMAT_UCHAR || fmt == VIPS_FORMAT_USHORT || fmt == VIPS_FORMAT_FLOAT);
 }
 
-int up_resample_exact(const VipsImage *in, int s) {
-	return up_resample_supported(in) && s >= 1 && s <= 64 && (s & (s - 1)) == 0;
+int up_resample_exact(VipsCoding coding, VipsBandFormat fmt, int s) {
+	return up_resample_supported(coding, fmt) && s >= 1 && s <= 64 && (s & (s - 1)) == 0;
 }
 
 int up_resample(VipsObject *owner, VipsImage *in, VipsImage **out, int s, int cubic) {
-	if (!up_resample_supported(in))
+	if (!up_resample_supported(in->Coding, in->BandFmt))
 		return unsupported(in->BandFmt);
 	if (s < 1 || s > 64) {
 		vips_error("upsize", "the resampler does not enlarge by %d", s);
@@ -487,7 +481,6 @@ int up_resample(VipsObject *owner, VipsImage *in, VipsImage **out, int s, int cu
 	t[1]->Ysize = in->Ysize * s;
 	if (vips_image_generate(t[1], seq_start, gen, seq_stop, in, r))
 		return -1;
-	g_atomic_int_inc(&resample_count);
 
 	if (!alpha) {
 		*out = t[1];

@@ -7,7 +7,6 @@ import (
 	"image"
 	"image/color"
 	"math/rand"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -143,47 +142,60 @@ func BenchmarkResampler(b *testing.B) {
 
 // TestUpsamplerChoice: JPEG and WebP results go through the resampler at every factor, PNG results
 // through it at power-of-two factors (where it gives vips_affine's pixels bit for bit) and through
-// vips_affine at others (upsamplerFor), nearest through neither. The resampler's own count tells the
-// paths apart: where both give the same pixels, the bytes cannot.
+// vips_affine at others (upsamplerFor), nearest and the other interpolators through neither, pixel
+// formats the resampler does not handle through vips_affine. up_uses_resampler is the choice upsize.c
+// makes; where both paths give the same pixels, the result's bytes cannot tell them apart. The default
+// PNG result is vips_affine's, byte for byte.
 func TestUpsamplerChoice(t *testing.T) {
 	if upsamplerFor(JPEG) != upsampleSeparable || upsamplerFor(WebP) != upsampleSeparable || upsamplerFor(PNG) != upsampleExact {
 		t.Fatal("upsamplerFor: want the resampler for JPEG and WebP, the resampler where exact for PNG")
 	}
-	img := photoLike(24, 16, 3)
 	for _, c := range []struct {
 		name      string
-		src       []byte
+		band      int
+		out       Format
 		kernel    Kernel
 		scale     int
 		resampler bool
 	}{
-		{"jpeg", encJPEG(t, img, 90), "lanczos3", 4, true},
-		{"jpeg-3x", encJPEG(t, img, 90), "lanczos3", 3, true},
-		{"webp", encWebP(t, img), "lanczos3", 4, true},
-		{"png", encPNG(t, img), "lanczos3", 4, true},
-		{"png-2x-linear", encPNG(t, img), "linear", 2, true},
-		{"png-8x", encPNG(t, img), "lanczos3", 8, true},
-		{"png-3x", encPNG(t, img), "lanczos3", 3, false},
-		{"png-nohalo", encPNG(t, img), "nohalo", 4, false},
-		{"jpeg-nearest", encJPEG(t, img, 90), "nearest", 4, false},
+		{"jpeg", bandUchar, JPEG, "lanczos3", 4, true},
+		{"jpeg-3x", bandUchar, JPEG, "lanczos3", 3, true},
+		{"webp", bandUchar, WebP, "lanczos3", 4, true},
+		{"webp-rgba", bandFloat, WebP, "lanczos3", 3, true}, // alpha: premultiplied, in float
+		{"png", bandUchar, PNG, "lanczos3", 4, true},
+		{"png-2x-linear", bandUchar, PNG, "linear", 2, true},
+		{"png-8x", bandUchar, PNG, "lanczos3", 8, true},
+		{"png16-8x", bandUshort, PNG, "lanczos3", 8, true},
+		{"png-3x", bandUchar, PNG, "lanczos3", 3, false},
+		{"png-nohalo", bandUchar, PNG, "nohalo", 4, false},
+		{"jpeg-nearest", bandUchar, JPEG, "nearest", 4, false},
+		{"jpeg-double", bandDouble, JPEG, "lanczos3", 4, false},
+		{"png-double", bandDouble, PNG, "lanczos3", 4, false},
 	} {
-		before := resampleCount()
-		var def bytes.Buffer
-		if _, err := Upsize(context.Background(), c.src, &def, Params{Scale: c.scale, Kernel: c.kernel, Encoding: DefaultEncoding}); err != nil {
-			t.Fatalf("%s: %v", c.name, err)
+		if got := usesResampler(c.band, c.scale, c.kernel, upsamplerFor(c.out)); got != c.resampler {
+			t.Errorf("%s: the resampler: %v, want %v", c.name, got, c.resampler)
 		}
-		if got := resampleCount() - before; got != map[bool]int{true: 1, false: 0}[c.resampler] {
-			t.Errorf("%s: the resampler ran %d times; want it to run: %v", c.name, got, c.resampler)
+	}
+	if !usesResampler(bandDouble, 4, "lanczos3", upsampleSeparableOnly) || usesResampler(bandUchar, 4, "lanczos3", upsampleAffine) {
+		t.Error("the paths tests force are not obeyed")
+	}
+
+	img := photoLike(24, 16, 3)
+	for _, c := range []struct {
+		kernel Kernel
+		scale  int
+	}{{"lanczos3", 4}, {"linear", 2}, {"lanczos3", 8}, {"lanczos3", 3}, {"nohalo", 4}} {
+		src := encPNG(t, img)
+		var def, aff bytes.Buffer
+		p := Params{Scale: c.scale, Kernel: c.kernel, Encoding: DefaultEncoding}
+		if _, err := Upsize(context.Background(), src, &def, p); err != nil {
+			t.Fatal(err)
 		}
-		// The default PNG result is vips_affine's, byte for byte.
-		if strings.HasPrefix(c.name, "png") {
-			var aff bytes.Buffer
-			if _, err := upsizeWith(context.Background(), c.src, &aff, Params{Scale: c.scale, Kernel: c.kernel, Encoding: DefaultEncoding}, options{path: pathAffine}); err != nil {
-				t.Fatal(err)
-			}
-			if !bytes.Equal(def.Bytes(), aff.Bytes()) {
-				t.Errorf("%s: the PNG result differs from vips_affine's", c.name)
-			}
+		if _, err := upsizeWith(context.Background(), src, &aff, p, options{path: pathAffine}); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(def.Bytes(), aff.Bytes()) {
+			t.Errorf("png %s %dx: the PNG result differs from vips_affine's", c.kernel, c.scale)
 		}
 	}
 }

@@ -444,16 +444,21 @@ static VipsInterpolate *interpolator(int interp) {
  * output format: vips.go, upsamplerFor); the other interpolators, pixel formats the resampler does not
  * handle, and (UP_UPSAMPLE_EXACT) factors where its result would not be vips_affine's bit for bit,
  * through libvips' general affine path. */
+int up_uses_resampler(int coding, int fmt, int s, int interp, int upsampler) {
+	if (interp != 1 && interp != 2)
+		return 0;
+	switch (upsampler) {
+	case UP_UPSAMPLE_SEPARABLE: return up_resample_supported(coding, fmt);
+	case UP_UPSAMPLE_SEPARABLE_ONLY: return 1;
+	case UP_UPSAMPLE_EXACT: return up_resample_exact(coding, fmt, s);
+	default: return 0;
+	}
+}
+
 static int upsample(VipsObject *owner, VipsImage *in, VipsImage **out, int s, int interp, int upsampler) {
 	if (interp == 0)
 		return vips_zoom(in, out, s, s, NULL);
-	int resample = 0;
-	switch (upsampler) {
-	case UP_UPSAMPLE_SEPARABLE: resample = up_resample_supported(in); break;
-	case UP_UPSAMPLE_SEPARABLE_ONLY: resample = 1; break;
-	case UP_UPSAMPLE_EXACT: resample = up_resample_exact(in, s); break;
-	}
-	if ((interp == 1 || interp == 2) && resample)
+	if (up_uses_resampler(in->Coding, in->BandFmt, s, interp, upsampler))
 		return up_resample(owner, in, out, s, interp == 2);
 
 	VipsInterpolate *ip = interpolator(interp);

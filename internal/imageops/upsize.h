@@ -73,6 +73,11 @@ int up_init(int vips_concurrency);
  * their writes. */
 int up_upsize(const void *buf, size_t len, const up_input *in, const up_params *p, int *out_w, int *out_h, char **err);
 
+/* up_uses_resampler is upsample's choice for pixels of libvips' coding and band format fmt, enlarged s
+ * times with interpolator interp (vips.go, kernels) under upsampler (UP_UPSAMPLE_*): the resampler
+ * (resample.c) or not (vips_affine, or vips_zoom for nearest). */
+int up_uses_resampler(int coding, int fmt, int s, int interp, int upsampler);
+
 /* up_validate decodes every pixel (sequentially, failing on any decode error). */
 int up_validate(const void *buf, size_t len, const up_input *in, char **err);
 

@@ -6,7 +6,7 @@ package imageops
 #include <stdlib.h>
 #include <glib.h>
 #include "upsize.h"
-#include "resample.h"
+#include <vips/vips.h>
 */
 import "C"
 
@@ -208,9 +208,19 @@ const (
 	upsampleExact         = C.UP_UPSAMPLE_EXACT
 )
 
-// resampleCount is how many upsamples the resampler has set up in this process (tests tell the paths
-// apart by it).
-func resampleCount() int { return int(C.up_resample_count()) }
+// Pixel formats of a decoded image, libvips' band formats (the ones usesResampler is asked about).
+const (
+	bandUchar  = C.VIPS_FORMAT_UCHAR
+	bandUshort = C.VIPS_FORMAT_USHORT
+	bandFloat  = C.VIPS_FORMAT_FLOAT
+	bandDouble = C.VIPS_FORMAT_DOUBLE
+)
+
+// usesResampler is the choice upsize.c makes between the resampler and vips_affine (up_uses_resampler)
+// for uncoded pixels of band format band, enlarged by scale with kernel, under upsampler.
+func usesResampler(band, scale int, kernel Kernel, upsampler int) bool {
+	return C.up_uses_resampler(C.VIPS_CODING_NONE, C.int(band), C.int(scale), C.int(kernels[kernel]), C.int(upsampler)) != 0
+}
 
 // options change an upsize for tests and benchmarks, which compare paths. Upsize passes none.
 type options struct {
