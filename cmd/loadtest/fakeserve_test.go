@@ -47,8 +47,8 @@ func nowMillis() string { return strconv.FormatInt(time.Now().UnixMilli(), 10) }
 
 func (s *fakeScheduler) upsize(w http.ResponseWriter, r *http.Request, user int64, plan, rid string, im fakeImage, scale string) {
 	ctx := context.WithoutCancel(r.Context())
-	f := int64(scale[0] - '0')
-	work := policy.DefaultWork.Estimate(im.Format, int64(im.W)*int64(im.H)*f*f)
+	f, _ := policy.ScaleFactor(scale) // a bad scale is already one of the fake's problems
+	work := policy.DefaultWork.Estimate(im.Format, int64(im.W)*int64(im.H)*int64(f*f))
 	first, more := jobs.QueuesFor(plan, work)
 	id, key := fmt.Sprint(user, "/", rid), store.DefaultKeys.Request(user, rid)
 	canceled := make(chan struct{})
@@ -97,7 +97,7 @@ func (s *fakeScheduler) upsize(w http.ResponseWriter, r *http.Request, user int6
 	s.rdb.HSet(ctx, key, "state", "completed", "finished", nowMillis())
 	s.rdb.LRem(ctx, jobs.ActiveKey(queue), 1, id)
 	<-slot
-	answer(w, http.StatusCreated, map[string]any{"image": dto(9000, im.W*int(f), im.H*int(f), scale, user)})
+	answer(w, http.StatusCreated, map[string]any{"image": dto(9000, im.W*f, im.H*f, scale, user)})
 }
 
 func (s *fakeScheduler) cancel(w http.ResponseWriter, _ *http.Request, user int64, rid string) {

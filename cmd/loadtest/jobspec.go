@@ -62,8 +62,8 @@ func (j jobSpec) size() string { return fmt.Sprintf("%dx%d", j.W, j.H) }
 
 // outPixels is the size of the result.
 func (j jobSpec) outPixels() int64 {
-	f := int64(j.Scale[0] - '0') // parseScale: 2x, 4x or 8x
-	return int64(j.W) * int64(j.H) * f * f
+	f, _ := policy.ScaleFactor(j.Scale) // parseScale checked it
+	return int64(j.W) * int64(j.H) * int64(f*f)
 }
 
 // estimate is the work the service estimates for this upsize, with its own model: the result has the

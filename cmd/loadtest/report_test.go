@@ -30,7 +30,7 @@ func TestWriteReportFiles(t *testing.T) {
 	}
 
 	md := string(readFile(t, dir, "burst.md"))
-	for _, want := range []string{
+	wantIn(t, md,
 		"# Load test: burst of 124 against http://127.0.0.1:8080",
 		"| requests sent | 124 |",
 		"| error ratio | 3.2 % ",
@@ -42,11 +42,7 @@ func TestWriteReportFiles(t *testing.T) {
 		"3 planned, 2 sent. Answers: 200 canceled ×1, 409 request_already_completed ×1, not sent ×1.",
 		"Status codes: 201 ×1, 429 ×1.",
 		"](burst.svg)",
-	} {
-		if !strings.Contains(md, want) {
-			t.Errorf("Markdown lacks %q:\n%s", want, md)
-		}
-	}
+	)
 
 	svg := parseSVG(t, readFile(t, dir, "burst.svg"))
 	for id, n := range map[string]int{"outcome-completed": 100, "outcome-accepted_completed": 20, "outcome-queue_full": 3, "outcome-transport_error": 1} {
@@ -164,4 +160,14 @@ func attr(el xml.StartElement, name string) string {
 		}
 	}
 	return ""
+}
+
+// wantIn checks that the report's text holds each of wants.
+func wantIn(t *testing.T, text string, wants ...string) {
+	t.Helper()
+	for _, want := range wants {
+		if !strings.Contains(text, want) {
+			t.Errorf("Markdown lacks %q:\n%s", want, text)
+		}
+	}
 }

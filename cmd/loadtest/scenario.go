@@ -115,8 +115,7 @@ type scenario struct {
 	log   io.Writer
 	seq   atomic.Int64 // request ids
 	plans []*plan      // every request sent
-	reqs  []request    // every request with its outcome, by the waves' ended hooks
-	mu    sync.Mutex   // plans, reqs
+	mu    sync.Mutex   // plans
 	files map[string]sourceFile
 }
 
@@ -154,6 +153,19 @@ func (s *scenario) user(j jobSpec) (*account, error) {
 	return newAccount(s.ctx, s.cfg, s.hc, "paid", []sourceFile{f})
 }
 
+// users makes n paid users who upload the source of j.
+func (s *scenario) users(n int, j jobSpec) ([]*account, error) {
+	var out []*account
+	for range n {
+		a, err := s.user(j)
+		if err != nil {
+			return nil, fmt.Errorf("setup: %w", err)
+		}
+		out = append(out, a)
+	}
+	return out, nil
+}
+
 // planner gives the plans of a group: its users take turns, each upsizing its source of j.
 func (s *scenario) planner(group string, users []*account, j jobSpec) func() *plan {
 	var mu sync.Mutex
@@ -170,7 +182,6 @@ func (s *scenario) planner(group string, users []*account, j jobSpec) func() *pl
 
 // group is one group's wave as it runs.
 type group struct {
-	ended atomic.Int64  // requests with their outcome
 	done  chan struct{} // closed once every request has its outcome
 	mu    sync.Mutex
 	reqs  []request // with their outcome
@@ -192,45 +203,44 @@ func (s *scenario) send(w wave) *group {
 		g.mu.Lock()
 		g.reqs = append(g.reqs, r)
 		g.mu.Unlock()
-		g.ended.Add(1)
 	}
 	go func() {
 		defer close(g.done)
 		plans := s.r.send(w)
-		g.mu.Lock()
-		defer g.mu.Unlock()
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		s.plans = append(s.plans, plans...)
-		s.reqs = append(s.reqs, g.reqs...)
 	}()
 	return g
 }
 
 // wait returns the group's requests once each has its outcome (or the run stopped: then interrupted
-// ones are among them), and the plans it drew.
-func (g *group) wait() ([]request, []*plan) {
+// ones are among them).
+func (g *group) wait() []request {
 	<-g.done
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return g.reqs, g.drawn
+	return g.reqs
+}
+
+// ended is how many of the group's requests have their outcome.
+func (g *group) ended() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.reqs)
 }
 
 // open is the plans drawn that have no outcome yet.
 func (g *group) open() []*plan {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	ended := map[*plan]bool{}
-	byID := map[string]*plan{}
-	for _, p := range g.drawn {
-		byID[p.RequestID] = p
-	}
+	ended := map[string]bool{}
 	for _, r := range g.reqs {
-		ended[byID[r.RequestID]] = true
+		ended[r.RequestID] = true
 	}
 	var out []*plan
 	for _, p := range g.drawn {
-		if !ended[p] {
+		if !ended[p.RequestID] {
 			out = append(out, p)
 		}
 	}
@@ -252,11 +262,12 @@ func (s *scenario) waitQueued(g *group, want int) {
 	deadline := time.Now().Add(queuedWithin)
 	for s.ctx.Err() == nil && !isClosed(g.done) {
 		n, err := backlog(s.ctx, s.rdb)
-		if err == nil && n+g.ended.Load() >= int64(want) {
+		n += int64(g.ended())
+		if err == nil && n >= int64(want) {
 			return
 		}
 		if time.Now().After(deadline) {
-			fmt.Fprintf(s.log, "scenario: only %d of %d tasks queued after %s; going on\n", n+g.ended.Load(), want, queuedWithin)
+			fmt.Fprintf(s.log, "scenario: only %d of %d tasks queued after %s; going on\n", n, want, queuedWithin)
 			return
 		}
 		sleep(s.ctx, 5*time.Millisecond)
@@ -333,28 +344,27 @@ func (s *scenario) heavyBurst() (*heavyBurstReport, error) {
 		fmt.Fprintf(s.log, "phase %s\n", phase)
 		switch phase {
 		case phaseIdle:
-			reqs, _ := s.loop(groupSmallIdle, cfg.SmallN, nil, small(groupSmallIdle)).wait()
+			reqs := s.loop(groupSmallIdle, cfg.SmallN, nil, small(groupSmallIdle)).wait()
 			sum := summarize(reqs, s.records(reqs))
 			rep.Idle = &sum
 		case phaseBurst:
 			hg := s.burst(groupHeavyBurst, cfg.HeavyN, heavy(groupHeavyBurst))
 			s.waitQueued(hg, cfg.HeavyN)
 			sg := s.loop(groupSmallBurst, 0, hg.done, small(groupSmallBurst))
-			heavyReqs, _ := hg.wait()
-			smallReqs, _ := sg.wait()
+			heavyReqs := hg.wait()
+			smallReqs := sg.wait()
 			// the loop's last request may leave after the burst's end: it is not "during"
 			during := sentBefore(smallReqs, ended(heavyReqs))
 			sum, tp := summarize(during, s.records(during)), throughputOf(heavyReqs, s.records(heavyReqs))
 			rep.During, rep.Burst = &sum, &tp
 		case phaseHeavy:
-			reqs, _ := s.burst(groupHeavyOnly, cfg.HeavyN, heavy(groupHeavyOnly)).wait()
+			reqs := s.burst(groupHeavyOnly, cfg.HeavyN, heavy(groupHeavyOnly)).wait()
 			tp := throughputOf(reqs, s.records(reqs))
 			rep.HeavyOnly = &tp
 		}
 	}
 	if rep.Idle != nil && rep.During != nil {
-		bound := smallBoundMs(rep.Idle.P95Ms)
-		met := rep.During.Count > 0 && rep.During.Completed == rep.During.Count && rep.During.P95Ms <= bound
+		bound, met := smallTarget(*rep.Idle, *rep.During)
 		rep.SmallBoundMs, rep.SmallTargetMet = &bound, &met
 	}
 	return rep, nil
@@ -392,35 +402,26 @@ func (s *scenario) fairness() (*fairnessReport, error) {
 
 func (s *scenario) fairTrial(trial int, first, more string, p float64) (fairTrial, error) {
 	cfg := s.cfg
-	var backlogUsers, loneUsers []*account
-	for range cfg.BacklogUsers {
-		a, err := s.user(cfg.Large)
-		if err != nil {
-			return fairTrial{}, fmt.Errorf("setup: %w", err)
-		}
-		backlogUsers = append(backlogUsers, a)
+	backlogUsers, err := s.users(cfg.BacklogUsers, cfg.Large)
+	if err != nil {
+		return fairTrial{}, err
 	}
-	for range cfg.LoneUsers {
-		a, err := s.user(cfg.Large)
-		if err != nil {
-			return fairTrial{}, fmt.Errorf("setup: %w", err)
-		}
-		loneUsers = append(loneUsers, a)
+	loneUsers, err := s.users(cfg.LoneUsers, cfg.Large)
+	if err != nil {
+		return fairTrial{}, err
 	}
 	total := cfg.BacklogUsers * cfg.BacklogN
 	fmt.Fprintf(s.log, "trial %d: %d backlog upsizes at once\n", trial, total)
 	bg := s.burst(groupBacklog, total, s.planner(groupBacklog, backlogUsers, cfg.Large))
 	s.waitQueued(bg, total)
-	lone, _ := s.burst(groupLone, cfg.LoneUsers, s.planner(groupLone, loneUsers, cfg.Large)).wait()
+	lone := s.burst(groupLone, cfg.LoneUsers, s.planner(groupLone, loneUsers, cfg.Large)).wait()
 	canceled := map[*plan]string{}
 	if !cfg.KeepBacklog {
 		canceled = s.cancelOpen(bg)
 	}
-	backlogReqs, backlogPlans := bg.wait()
-	for _, p := range backlogPlans { // every request of the group has its outcome: nothing else reads its plan now
-		if ans, ok := canceled[p]; ok {
-			p.Cancel, p.CancelAnswer = true, ans
-		}
+	backlogReqs := bg.wait()
+	for p, ans := range canceled { // every request of the group has its outcome: nothing else reads its plan now
+		p.Cancel, p.CancelAnswer = true, ans
 	}
 	all := append(append([]request(nil), backlogReqs...), lone...)
 	return fairTrialOf(backlogReqs, lone, s.records(all), first, more, p), nil

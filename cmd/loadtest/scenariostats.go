@@ -14,11 +14,8 @@ import (
 // taskRecord is the service's record of one request (cancel.Request): the queue it was put on, and when
 // it was admitted, started on a worker slot and finished (zero: not yet, or never).
 type taskRecord struct {
-	Queue    string    `json:"queue"`
-	State    string    `json:"state"`
-	Created  time.Time `json:"created"`
-	Started  time.Time `json:"started"`
-	Finished time.Time `json:"finished"`
+	Queue, State               string
+	Created, Started, Finished time.Time
 }
 
 func (t taskRecord) ran() bool { return !t.Started.IsZero() && !t.Finished.IsZero() }
@@ -51,7 +48,7 @@ func summarize(reqs []request, recs map[string]taskRecord) latencySummary {
 	var lat, wait, run []time.Duration
 	for _, r := range reqs {
 		lat = append(lat, r.Latency)
-		if r.Outcome == completed || r.Outcome == acceptedCompleted {
+		if r.Outcome.completed() {
 			s.Completed++
 		}
 		rec, ok := recs[recKey(r.UserID, r.RequestID)]
@@ -73,16 +70,6 @@ func summarize(reqs []request, recs map[string]taskRecord) latencySummary {
 	return s
 }
 
-// quantilesMs is the nearest-rank p50, p95 and the max of ds, in milliseconds (zeros when empty).
-func quantilesMs(ds []time.Duration) (p50, p95, maxMs float64) {
-	if len(ds) == 0 {
-		return 0, 0, 0
-	}
-	ds = slices.Clone(ds)
-	slices.Sort(ds)
-	return ms(percentile(ds, 0.50)), ms(percentile(ds, 0.95)), ms(ds[len(ds)-1])
-}
-
 // throughput is how fast a burst was served.
 type throughput struct {
 	latencySummary
@@ -98,7 +85,7 @@ func throughputOf(reqs []request, recs map[string]taskRecord) throughput {
 		if first.IsZero() || r.Sent.Before(first) {
 			first = r.Sent
 		}
-		if end := r.Sent.Add(r.Latency); (r.Outcome == completed || r.Outcome == acceptedCompleted) && end.After(last) {
+		if end := r.Sent.Add(r.Latency); r.Outcome.completed() && end.After(last) {
 			last = end
 		}
 	}
@@ -136,18 +123,12 @@ func sentBefore(reqs []request, t time.Time) []request {
 	return out
 }
 
-// byGroup splits requests by their scenario group.
-func byGroup(reqs []request) map[string][]request {
-	m := map[string][]request{}
-	for _, r := range reqs {
-		m[r.Group] = append(m[r.Group], r)
-	}
-	return m
+// smallTarget is the target for a small upsize's p95 during a heavy burst, at most twice its idle p95
+// plus 100 ms, and whether the requests during the burst met it: every one completed, their p95 within.
+func smallTarget(idle, during latencySummary) (boundMs float64, met bool) {
+	boundMs = 2*idle.P95Ms + 100
+	return boundMs, during.Count > 0 && during.Completed == during.Count && during.P95Ms <= boundMs
 }
-
-// smallBoundMs is the target for a small upsize's p95 during a heavy burst: at most twice its idle p95
-// plus 100 ms.
-func smallBoundMs(idleP95Ms float64) float64 { return 2*idleP95Ms + 100 }
 
 // The lane bound. A worker's general slot, when it frees, asks asynq for a task: asynq draws an order
 // of the queues at random by weight and takes the first task of the first non-empty one. With a user's
@@ -256,7 +237,7 @@ func fairTrialOf(backlog, lone []request, recs map[string]taskRecord, first, mor
 	t.Slots = maxOverlap(spans)
 	t.TaskP50Ms, t.TaskP95Ms, _ = quantilesMs(runs)
 	for _, r := range backlog {
-		if r.Outcome == completed || r.Outcome == acceptedCompleted {
+		if r.Outcome.completed() {
 			t.BacklogCompleted++
 		}
 	}
@@ -372,7 +353,7 @@ func fairSummaryOf(trials []fairTrial, designFirstAhead int, p float64) fairSumm
 	for _, t := range trials {
 		for _, l := range t.Lone {
 			s.Lone++
-			if l.Outcome == completed || l.Outcome == acceptedCompleted {
+			if l.Outcome.completed() {
 				s.Completed++
 			}
 			lat = append(lat, time.Duration(l.LatencyMs*float64(time.Millisecond)))
@@ -393,7 +374,7 @@ func fairSummaryOf(trials []fairTrial, designFirstAhead int, p float64) fairSumm
 	s.LatencyP50Ms, s.LatencyP95Ms, s.LatencyMaxMs = quantilesMs(lat)
 	s.ServedAheadMean, s.ExpectedAheadMean, s.ExpectedLatencyMeanMs = ahead/float64(s.Lone), expected/float64(s.Lone), expLat/float64(s.Lone)
 	slices.Sort(done)
-	s.BacklogDoneBeforeP50 = done[int(math.Ceil(0.5*float64(len(done))))-1]
+	s.BacklogDoneBeforeP50 = percentile(done, 0.50)
 	s.BacklogDoneBeforeMax = done[len(done)-1]
 	return s
 }

@@ -247,9 +247,11 @@ func drawNoise(w, h int, seed uint64) *image.RGBA {
 
 // specFile draws and encodes the source image of a scenario's upsize.
 func specFile(j jobSpec) (sourceFile, error) {
-	img := drawSource(j.W, j.H, 0)
+	var img *image.RGBA
 	if j.Pattern == patternNoise {
 		img = drawNoise(j.W, j.H, 0)
+	} else {
+		img = drawSource(j.W, j.H, 0)
 	}
 	b, err := encode(img, j.Format)
 	return sourceFile{Size: j.size(), Format: j.Format, Bytes: b}, err

@@ -46,8 +46,7 @@ type sseReader struct {
 	afterCR  bool  // the last line ended in CR: a LF right after it belongs to that line end
 	line     []byte
 	typ      string
-	data     bytes.Buffer
-	hasData  bool
+	data     bytes.Buffer // the event's data lines, each with a LF
 	lastID   string
 	comments int // comment lines read (heartbeats)
 }
@@ -95,7 +94,6 @@ func (s *sseReader) next() (sseEvent, error) {
 			}
 			s.data.Write(value)
 			s.data.WriteByte('\n')
-			s.hasData = true
 		case "id":
 			if bytes.IndexByte(value, 0) < 0 {
 				s.lastID = string(value)
@@ -109,8 +107,8 @@ func (s *sseReader) next() (sseEvent, error) {
 // dispatch ends the event being read: it is returned unless it has no data; either way the next one
 // starts afresh (the last event id stays).
 func (s *sseReader) dispatch() (sseEvent, bool) {
-	defer func() { s.typ, s.hasData = "", false; s.data.Reset() }()
-	if !s.hasData {
+	defer func() { s.typ = ""; s.data.Reset() }()
+	if s.data.Len() == 0 {
 		return sseEvent{}, false
 	}
 	ev := sseEvent{Type: s.typ, Data: string(bytes.TrimSuffix(s.data.Bytes(), []byte("\n"))), ID: s.lastID}

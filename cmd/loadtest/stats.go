@@ -35,9 +35,10 @@ var outcomes = []outcome{completed, acceptedCompleted, canceled, acceptedCancele
 	rejected, acceptedFailed, serverError, transportError, unexpected, acceptedUnresolved, interrupted}
 
 // succeeded outcomes are those the contract promises: a new image, or a cancel honoured.
-func (o outcome) succeeded() bool {
-	return o == completed || o == acceptedCompleted || o == canceled || o == acceptedCanceled
-}
+func (o outcome) succeeded() bool { return o.completed() || o == canceled || o == acceptedCanceled }
+
+// completed outcomes gave a new image.
+func (o outcome) completed() bool { return o == completed || o == acceptedCompleted }
 
 // request is one upsize of the run and what became of it.
 type request struct {
@@ -273,12 +274,23 @@ func spans(d []time.Duration) *spanStats {
 	if len(d) == 0 {
 		return nil
 	}
-	slices.Sort(d)
-	return &spanStats{Count: len(d), P50Ms: ms(percentile(d, 0.50)), P95Ms: ms(percentile(d, 0.95)), MaxMs: ms(d[len(d)-1])}
+	s := spanStats{Count: len(d)}
+	s.P50Ms, s.P95Ms, s.MaxMs = quantilesMs(d)
+	return &s
 }
 
-// percentile is the nearest-rank percentile of sorted durations: always one that was observed.
-func percentile(sorted []time.Duration, p float64) time.Duration {
+// quantilesMs is the nearest-rank p50, p95 and the max of ds, in milliseconds (zeros when empty).
+func quantilesMs(ds []time.Duration) (p50, p95, maxMs float64) {
+	if len(ds) == 0 {
+		return 0, 0, 0
+	}
+	ds = slices.Clone(ds)
+	slices.Sort(ds)
+	return ms(percentile(ds, 0.50)), ms(percentile(ds, 0.95)), ms(ds[len(ds)-1])
+}
+
+// percentile is the nearest-rank percentile of sorted values: always one that was observed.
+func percentile[T any](sorted []T, p float64) T {
 	i := int(math.Ceil(p*float64(len(sorted)))) - 1
 	return sorted[min(max(i, 0), len(sorted)-1)]
 }
