@@ -4,13 +4,13 @@
 # server), so it can run beside a running service.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib.sh
 suite=${ACCEPTANCE_DIR:-../shared/acceptance}
 [ -d "$suite" ] || { echo "acceptance suite not found at $suite (set ACCEPTANCE_DIR)" >&2; exit 1; }
 redis_base=${TEST_REDIS_ADDR:-127.0.0.1:6379}
 work=$(mktemp -d /tmp/upsize-acceptance.XXXXXX)
 go build -o "$work/" ./cmd/api ./cmd/worker
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 api_port=$(free_port); worker_port=$(free_port)
 redis-cli -u "redis://$redis_base/15" flushdb >/dev/null
 unset BLOB_DIR

@@ -9,16 +9,11 @@
 # both. Raw output in var/bench/blob-*.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/deps.sh
-scripts/redis-local.sh 6379
+source scripts/lib.sh
+bench_setup
 scripts/s3-local.sh 7070 upsize-bench
 rounds=${ROUNDS:-2}
 n=${BURST_N:-120}
-out=var/bench
-mkdir -p "$out/bin"
-go build -o "$out/bin/" ./cmd/api ./cmd/worker ./cmd/loadtest
-redis_url=redis://127.0.0.1:6379/13
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 if [ ! -f "$out/noise1250.png" ]; then # colour noise: one band per seed
   for b in 1 2 3; do vips gaussnoise "$out/n$b.v" 1250 1250 --mean 128 --sigma 80 --seed $b; done
   vips bandjoin "$out/n1.v $out/n2.v $out/n3.v" "$out/n.v" && vips cast "$out/n.v" "$out/noise1250.png" uchar

@@ -8,12 +8,12 @@
 # See docs/security.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib.sh
 redis_base=${TEST_REDIS_ADDR:-127.0.0.1:6379}
 db=14
 work=$(mktemp -d /tmp/upsize-hostile.XXXXXX)
 go build -o "$work/" ./cmd/api ./cmd/worker
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 api_port=$(free_port); worker_port=$(free_port)
 redis-cli -u "redis://$redis_base/$db" flushdb >/dev/null
 # MALLOC_ARENA_MAX as in the Docker image: the memory figures are those of the deployed processes.

@@ -24,8 +24,7 @@
 # VIPS_CONCURRENCY (1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/deps.sh
-scripts/redis-local.sh 6379
+source scripts/lib.sh
 
 all_cases="png-512-2x png-512-4x png-1024-2x png-1024-4x png-1024-8x jpeg-512-2x jpeg-512-4x jpeg-1024-2x jpeg-1024-4x jpeg-1024-8x"
 read -ra cases <<<"${CASES:-$all_cases}"
@@ -41,12 +40,7 @@ done
 peer_version=${PEER_VERSION:-v1.2.4}
 peer_bimg=${PEER_BIMG:-$(go list -m -f '{{.Version}}' github.com/h2non/bimg)}
 export VIPS_CONCURRENCY=${VIPS_CONCURRENCY:-1} MALLOC_ARENA_MAX=2
-out=var/bench
-redis_url=redis://127.0.0.1:6379/13
-
-# DB 13 is shared with the other benchmarks (scripts/queue-bench.sh, scripts/blob-bench.sh): one run at a time
-exec 9>/tmp/upsize-bench-db13.lock
-flock -n 9 || { echo "another benchmark holds Redis DB 13 (/tmp/upsize-bench-db13.lock)" >&2; exit 1; }
+bench_setup
 
 # The peer, built outside the repo. `go install …@latest` needs the proxy's version list, which a proxy may
 # refuse; the module of a given version is enough: download it and build it with its own go.mod.
@@ -65,9 +59,6 @@ if [ ! -x "$peer_bin" ]; then
     GOWORK=off GOFLAGS=-mod=mod go build -o "$peer_bin" .)
   echo "$peer_version" >/tmp/peer/VERSION
 fi
-
-mkdir -p "$out/bin"
-go build -o "$out/bin/" ./cmd/api ./cmd/worker
 
 # Inputs: 3-band uchar, a colour gradient plus gaussian noise blurred with sigma 2 (std ~13 after the blur),
 # so that they compress like a photo (JPEG Q90 ~2.5 bits/pixel); one seed per band and size.
@@ -94,7 +85,6 @@ for s in 512 1024; do
   if [ ! -f "$out/peer-src-$s.png" ] || [ ! -f "$out/peer-src-$s.jpeg" ]; then draw "$s"; fi
 done
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 pids=()
 loops=()
 work=$(mktemp -d /tmp/upsize-peer-bench.XXXXXX)

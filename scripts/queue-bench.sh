@@ -13,19 +13,11 @@
 # noted before and after each run. Raw reports in var/bench/queue-*.{json,md,svg}; the table at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/deps.sh
-scripts/redis-local.sh 6379
+source scripts/lib.sh
+bench_setup
 rounds=${ROUNDS:-3}
 trials=${TRIALS:-10}
 heavy_n=${HEAVY_N:-12}
-out=var/bench
-mkdir -p "$out/bin"
-go build -o "$out/bin/" ./cmd/api ./cmd/worker ./cmd/loadtest
-redis_url=redis://127.0.0.1:6379/13
-# DB 13 is shared with scripts/blob-bench.sh: one run at a time
-exec 9>/tmp/upsize-bench-db13.lock
-flock -n 9 || { echo "another benchmark holds Redis DB 13 (/tmp/upsize-bench-db13.lock)" >&2; exit 1; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 pids=()
 work=
